@@ -1,0 +1,214 @@
+"""Per-family facts: how a publisher's config.json becomes a model config, and its checkpoint key table.
+
+A family is one `Family` entry in FAMILIES, found by config.json's `model_type` (or, without one, its
+`architectures`). The loader (models/checkpoint.py) knows nothing of any family beyond this entry:
+
+    to_config(raw, file) -> model config       config.json dict -> DecoderConfig (errors name `file` and field)
+    from_config(cfg)     -> dict                the inverse, for writing config.json (random_checkpoint.py)
+    build(cfg)           -> nn.Module           the model class
+    keys                                        checkpoint key template -> our parameter name template, where
+                                                `{}` stands for a layer index; a tuple of names is a fused
+                                                tensor split along dim 0 into those parameters, in order,
+                                                by their sizes (Phi-3's qkv_proj and gate_up_proj)
+
+Decoder families share one converter; their differences are the data in `DecoderFacts`.
+"""
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .decoder import Decoder, DecoderConfig
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    architectures: tuple
+    to_config: Callable
+    from_config: Callable
+    build: Callable
+    keys: dict
+
+
+@dataclass(frozen=True)
+class DecoderFacts:
+    """What distinguishes one decoder family's config.json from another's."""
+    bias: str = "attention_bias"  # "attention_bias": q,k,v,o biased as config says; "qkv": q,k,v always; "none"
+    sliding_window: str = "none"  # "none"; "config": `sliding_window` as given; "qwen2": use_sliding_window etc.
+    qk_norm: bool = False
+    post_norm: bool = False
+    extra_fields: dict = field(default_factory=dict)  # written by from_config, e.g. Phi-3's dropout fields
+
+
+SUPPORTED_ROPE = ("linear", "llama3")
+
+
+def _field(raw, name, file, default=None, required=False):
+    if name in raw and raw[name] is not None:
+        return raw[name]
+    if required:
+        raise ValueError(f"{file}: missing required field '{name}'")
+    return default
+
+
+def _rope(raw, file):
+    """(rope_theta, rope_scaling, partial_rotary_factor) from either config.json layout:
+    transformers 4 (`rope_theta`, `rope_scaling`) or 5 (`rope_parameters`)."""
+    params = dict(raw.get("rope_parameters") or {})
+    params.update(raw.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    partial = float(params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return theta, None, partial
+    if kind not in SUPPORTED_ROPE:
+        raise ValueError(f"{file}: unsupported rope_scaling type {kind!r} (supported: None, "
+                         f"{', '.join(SUPPORTED_ROPE)})")
+    need = ["factor"] if kind == "linear" else ["factor", "low_freq_factor", "high_freq_factor",
+                                                 "original_max_position_embeddings"]
+    missing = [k for k in need if k not in params]
+    if missing:
+        raise ValueError(f"{file}: rope_scaling type {kind!r} lacks {missing}")
+    return theta, {"type": kind, **{k: params[k] for k in need}}, partial
+
+
+def decoder_config(raw: dict, file, facts: DecoderFacts) -> DecoderConfig:
+    act = raw.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"{file}: unsupported hidden_act {act!r} (the decoder's MLP is SwiGLU)")
+    n_heads = _field(raw, "num_attention_heads", file, required=True)
+    dim = _field(raw, "hidden_size", file, required=True)
+    n_layers = _field(raw, "num_hidden_layers", file, required=True)
+    theta, scaling, partial = _rope(raw, file)
+    attention_bias = bool(raw.get("attention_bias", False))
+    if facts.sliding_window == "config":
+        window = raw.get("sliding_window")
+    elif facts.sliding_window == "qwen2":
+        window = raw.get("sliding_window") if raw.get("use_sliding_window") else None
+        # HF applies the window to layers >= max_window_layers; we support all layers or none.
+        first = raw.get("max_window_layers", 28)
+        if window is not None and first >= n_layers:
+            window = None
+        elif window is not None and first > 0:
+            raise ValueError(f"{file}: sliding window on only some layers (max_window_layers={first} of "
+                             f"{n_layers}) is not supported")
+    else:
+        window = None
+    return DecoderConfig(
+        vocab_size=_field(raw, "vocab_size", file, required=True),
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=_field(raw, "num_key_value_heads", file, default=n_heads),
+        head_dim=_field(raw, "head_dim", file, default=dim // n_heads),
+        hidden_dim=_field(raw, "intermediate_size", file, required=True),
+        norm_eps=float(_field(raw, "rms_norm_eps", file, default=1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        partial_rotary_factor=partial,
+        max_seq_len=_field(raw, "max_position_embeddings", file, default=4096),
+        qkv_bias=facts.bias == "qkv" or (facts.bias == "attention_bias" and attention_bias),
+        o_bias=facts.bias == "attention_bias" and attention_bias,
+        mlp_bias=bool(raw.get("mlp_bias", False)),
+        qk_norm=facts.qk_norm,
+        post_norm=facts.post_norm,
+        norm_scale_in_fp32=facts.post_norm,
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        sliding_window=window,
+    )
+
+
+def decoder_config_json(cfg: DecoderConfig, family: str, architecture: str, facts: DecoderFacts) -> dict:
+    """The config.json fields of `family` that describe `cfg` (transformers 4 layout, as publishers ship)."""
+    raw = {
+        "architectures": [architecture], "model_type": family, "hidden_act": "silu",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "tie_word_embeddings": cfg.tie_embeddings,
+        "rope_scaling": ({"rope_type": cfg.rope_scaling["type"],
+                          **{k: v for k, v in cfg.rope_scaling.items() if k != "type"}}
+                         if cfg.rope_scaling else None),
+        **facts.extra_fields,
+    }
+    if cfg.head_dim != cfg.dim // cfg.n_heads:
+        raw["head_dim"] = cfg.head_dim
+    if cfg.partial_rotary_factor != 1.0:
+        raw["partial_rotary_factor"] = cfg.partial_rotary_factor
+    if facts.bias == "attention_bias":
+        raw["attention_bias"] = cfg.o_bias
+    if cfg.mlp_bias:
+        raw["mlp_bias"] = True
+    if facts.sliding_window == "config":
+        raw["sliding_window"] = cfg.sliding_window
+    elif facts.sliding_window == "qwen2":
+        raw.update(use_sliding_window=cfg.sliding_window is not None, sliding_window=cfg.sliding_window,
+                   max_window_layers=0 if cfg.sliding_window is not None else cfg.n_layers)
+    return raw
+
+
+# --- key tables -------------------------------------------------------------------------------------
+
+_LAYER = "model.layers.{}."
+LLAMA_KEYS = {
+    "model.embed_tokens.weight": "embed_tokens.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "lm_head.weight",
+    **{_LAYER + f"self_attn.{p}.{w}": "layers.{}." + f"self_attn.{p}.{w}"
+       for p in ("q_proj", "k_proj", "v_proj", "o_proj") for w in ("weight", "bias")},
+    **{_LAYER + f"mlp.{p}.{w}": "layers.{}." + f"mlp.{p}.{w}"
+       for p in ("gate_proj", "up_proj", "down_proj") for w in ("weight", "bias")},
+    _LAYER + "input_layernorm.weight": "layers.{}.input_layernorm.weight",
+    _LAYER + "post_attention_layernorm.weight": "layers.{}.post_attention_layernorm.weight",
+}
+
+OLMO2_KEYS = {
+    **{k: v for k, v in LLAMA_KEYS.items() if "input_layernorm" not in k},
+    _LAYER + "self_attn.q_norm.weight": "layers.{}.self_attn.q_norm.weight",
+    _LAYER + "self_attn.k_norm.weight": "layers.{}.self_attn.k_norm.weight",
+    _LAYER + "post_feedforward_layernorm.weight": "layers.{}.post_feedforward_layernorm.weight",
+}
+
+PHI3_KEYS = {
+    **{k: v for k, v in LLAMA_KEYS.items() if not any(p in k for p in ("q_proj", "k_proj", "v_proj", "gate_proj",
+                                                                          "up_proj", "bias"))},
+    _LAYER + "self_attn.qkv_proj.weight": tuple(f"layers.{{}}.self_attn.{p}.weight" for p in ("q_proj", "k_proj",
+                                                                                               "v_proj")),
+    _LAYER + "mlp.gate_up_proj.weight": ("layers.{}.mlp.gate_proj.weight", "layers.{}.mlp.up_proj.weight"),
+}
+
+
+def _decoder_family(name, architecture, keys, facts):
+    return Family(
+        name=name,
+        architectures=(architecture,),
+        to_config=lambda raw, file: decoder_config(raw, file, facts),
+        from_config=lambda cfg: decoder_config_json(cfg, name, architecture, facts),
+        build=Decoder,
+        keys=keys,
+    )
+
+
+FAMILIES = {f.name: f for f in (
+    _decoder_family("llama", "LlamaForCausalLM", LLAMA_KEYS, DecoderFacts()),
+    _decoder_family("mistral", "MistralForCausalLM", LLAMA_KEYS, DecoderFacts(bias="none", sliding_window="config")),
+    _decoder_family("qwen2", "Qwen2ForCausalLM", LLAMA_KEYS, DecoderFacts(bias="qkv", sliding_window="qwen2")),
+    _decoder_family("phi3", "Phi3ForCausalLM", PHI3_KEYS, DecoderFacts(
+        bias="none", sliding_window="config",
+        extra_fields={"attention_dropout": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0})),
+    _decoder_family("olmo2", "Olmo2ForCausalLM", OLMO2_KEYS, DecoderFacts(qk_norm=True, post_norm=True)),
+)}
+
+
+def family_of(raw: dict, file) -> Family:
+    """The Family that config.json `raw` (read from `file`) names, by model_type, else by architectures."""
+    model_type = raw.get("model_type")
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    if model_type is None:
+        for arch in raw.get("architectures") or []:
+            for fam in FAMILIES.values():
+                if arch in fam.architectures:
+                    return fam
+    raise ValueError(f"{file}: unsupported model family (model_type={model_type!r}, "
+                     f"architectures={raw.get('architectures')!r}); supported model_type values: "
+                     f"{', '.join(sorted(FAMILIES))}")
