@@ -1,0 +1,59 @@
+"""The seam between train.py and a data set: `TASKS` maps `data.task` names to builders.
+
+A builder takes (experiment config, tokenizer, checkpoint dir) and returns a task object with
+    train, val                    example lists (anything with len() and [i])
+    collate(examples)             -> dict of CPU tensors for one micro-batch
+    loss(model, batch)            -> (sum of per-target losses, number of targets), scalar tensors;
+                                     train.py divides by the optimizer batch's total number of targets
+    evaluate(model, examples)     optional -> dict of metrics, called before and after training
+"""
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from data.collate import IGNORE, collate_left_padded, special_ids
+from data.metamath import load_splits
+
+
+def _chunk_loss(hidden, targets, lm_head):
+    logits = lm_head(hidden).float()  # (B, t, V) fp32, only this chunk's
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def chunked_cross_entropy(hidden, lm_head, labels, chunk: int):
+    """Sum of next-token losses over the labelled positions, and their count, without ever holding the
+    whole (B, T, V) fp32 logits: each chunk of positions goes through lm_head on its own and, when
+    training, is recomputed in the backward pass (activation checkpointing) instead of being kept."""
+    hidden, targets = hidden[:, :-1], labels[:, 1:]  # (B, T-1, D), (B, T-1): hidden[t] predicts token t+1
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, targets.shape[1], chunk):
+        h, t = hidden[:, s:s + chunk], targets[:, s:s + chunk]
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss, h, t, lm_head, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(h, t, lm_head)
+    return total, (targets != IGNORE).sum()
+
+
+class CausalLMTask:
+    """Prompt -> response training with the loss on the response and EOS (methods.md section 8)."""
+
+    def __init__(self, train, val, pad_id: int, loss_chunk: int):
+        self.train, self.val, self.pad_id, self.loss_chunk = train, val, pad_id, loss_chunk
+
+    def collate(self, examples) -> dict:
+        return collate_left_padded(examples, self.pad_id)
+
+    def loss(self, model, batch):
+        hidden = model.forward_hidden(batch["input_ids"], positions=batch["positions"], pad_mask=batch["pad_mask"])
+        return chunked_cross_entropy(hidden, model.lm_head, batch["labels"], self.loss_chunk)
+
+
+def build_metamath(exp, tok, tokenizer_dir) -> CausalLMTask:
+    d = exp.data
+    train, val = load_splits(d.path, tok, tokenizer_dir, n_train=d.n_train, n_val=d.n_val,
+                             max_tokens=d.max_tokens, shuffle_seed=d.shuffle_seed, cache_dir=d.cache_dir)
+    return CausalLMTask(train, val, pad_id=special_ids(tok)[2], loss_chunk=exp.train.loss_chunk)
+
+
+TASKS = {"metamath": build_metamath}

@@ -1,0 +1,261 @@
+"""One experiment = one YAML file read into typed dataclasses, plus `--set section.key=value` overrides.
+
+    exp = load_experiment("configs/olmo2_metamath.yaml", ["train.lr=3e-4", "adapter.targets=[q_proj, v_proj]"])
+
+The file has six sections (model, data, adapter, probe, train, eval); every key is a field below with
+its default. Values (from the file or from `--set`, which is parsed as YAML) are checked against the
+field's type and, where a field has a fixed set of values, against those choices. An unknown section or
+key, a value of the wrong type or outside the choices is a ConfigError naming it, the closest valid key
+and the valid choices. Cross-field rules (e.g. batch_size a multiple of micro_batch_size) are checked
+after all overrides are applied.
+"""
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _choices(*values):
+    return field(default=values[0], metadata={"choices": values})
+
+
+@dataclass
+class ModelSection:
+    kind: str = _choices("decoder")
+    path: str = ""                 # publisher checkpoint dir (config.json, *.safetensors, tokenizer files)
+    dtype: str = _choices("auto", "float32", "bfloat16")  # auto: bfloat16 on CUDA, float32 on CPU
+    # When set and `path` holds no config.json yet, models.write_random_checkpoint(path, **random_init)
+    # writes a tiny random checkpoint there first (smoke configs and tests).
+    random_init: typing.Optional[dict] = None
+
+
+@dataclass
+class DataSection:
+    task: str = _choices("metamath")
+    path: str = ""                 # MetaMathQA JSON (a list of {type, query, original_question, response})
+    n_train: int = 100_000
+    n_val: int = 10_000
+    max_tokens: int = 1024
+    shuffle_seed: int = 42
+    cache_dir: str = ".cache/tokenized"
+    synthetic: int = 0             # > 0 and `path` missing: write that many synthetic problems there first
+
+
+@dataclass
+class AdapterSection:
+    """Passed to giva.AdapterConfig, which checks the method-specific values."""
+    method: str = "giva"
+    r: int = 64
+    targets: typing.List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"])
+    init: str = "secsv"
+    alpha: typing.Optional[float] = None  # LoRA, RandLoRA
+    use_rslora: bool = False
+    randlora_sqrt_n: bool = False
+    d_initial: float = 0.1                 # VeRA
+    dropout: float = 0.0
+
+
+@dataclass
+class ProbeSection:
+    micro_batches: int = 0         # 0: one optimizer batch (batch_size / micro_batch_size), as the paper
+    seed: int = 0                  # picks the probe examples and seeds the randomised SVD
+    q: typing.Optional[int] = None  # svd_lowrank oversampling; None: giva's default min(4r, m, n)
+    niter: int = 4
+    offload_to_cpu: bool = False   # keep the fp32 gradient accumulators on the CPU
+
+
+@dataclass
+class TrainSection:
+    name: str = "run"              # the run directory is out_dir/name
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"           # auto: cuda when available, else cpu; or e.g. "cuda:1"
+    epochs: int = 1
+    max_steps: int = 0             # > 0: stop after this many optimizer steps in total
+    batch_size: int = 32           # examples per optimizer step
+    micro_batch_size: int = 4      # examples per forward/backward; batch_size / micro_batch_size accumulate
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    betas: typing.List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 1.0         # max global gradient norm; 0 disables clipping
+    schedule: str = _choices("cosine", "linear", "constant")
+    warmup_ratio: float = 0.0      # fraction of all optimizer steps; set this or warmup_steps, not both
+    warmup_steps: int = 0
+    val_per_epoch: int = 10        # validation loss (and checkpoint) this many times per epoch
+    log_every: int = 10            # optimizer steps between metrics.jsonl lines (one host sync each)
+    loss_chunk: int = 256          # sequence positions per chunk of the chunked cross-entropy
+    max_steps_this_invocation: int = 0  # > 0: save a resumable state and exit after this many steps
+
+
+@dataclass
+class EvalSection:
+    task: str = _choices("gsm8k")
+    path: str = "../shared/data/gsm8k/test.jsonl"
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    num_beams: int = 1
+    limit: int = 0                 # > 0: only the first `limit` problems
+    checkpoint: str = _choices("best", "last")
+
+
+@dataclass
+class Experiment:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+    probe: ProbeSection = field(default_factory=ProbeSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def run_dir(self) -> Path:
+        return Path(self.train.out_dir) / self.train.name
+
+
+SECTIONS = {f.name: f.default_factory for f in fields(Experiment)}
+
+
+def load_experiment(path, overrides=()) -> Experiment:
+    """Read a YAML experiment file, apply `section.key=value` overrides, check every value."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return experiment_from_dict(raw or {}, overrides, source=str(path))
+
+
+def experiment_from_dict(raw: dict, overrides=(), source="config") -> Experiment:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections {sorted(SECTIONS)}")
+    exp = Experiment()
+    for section, values in raw.items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
+        for key, value in values.items():
+            _assign(exp, f"{section}.{key}", value, source)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
+        _assign(exp, key.strip(), value, f"--set {item!r}")
+    _check_rules(exp)
+    return exp
+
+
+def _closest(word, options):
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _assign(exp: Experiment, dotted: str, value, source: str):
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"{source}: unknown section '{section}'{_closest(section, list(SECTIONS))} "
+                          f"(sections: {', '.join(SECTIONS)})")
+    obj = getattr(exp, section)
+    by_name = {f.name: f for f in fields(obj)}
+    if key not in by_name:
+        valid = [f"{section}.{k}" for k in by_name]
+        raise ConfigError(f"{source}: unknown key '{dotted}'{_closest(dotted, valid)} (valid keys: {', '.join(valid)})")
+    f = by_name[key]
+    hint = typing.get_type_hints(type(obj))[key]
+    try:
+        value = _coerce(value, hint)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: bad value for '{dotted}': {e}") from None
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{source}: bad value {value!r} for '{dotted}' (valid choices: {', '.join(map(str, choices))})")
+    setattr(obj, key, value)
+
+
+def _coerce(value, hint):
+    """Check `value` against a field type; YAML's '3e-4' (a string in YAML 1.1) is accepted as a float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {value!r}")
+        return [_coerce(v, args[0]) for v in value]
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError(f"expected a number, got {value!r}")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError(f"expected a number, got {value!r}") from None
+        if not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported field type {hint}")
+
+
+def _check_rules(exp: Experiment):
+    t = exp.train
+    positive = {"train.batch_size": t.batch_size, "train.micro_batch_size": t.micro_batch_size,
+                "train.epochs": t.epochs, "train.val_per_epoch": t.val_per_epoch, "train.log_every": t.log_every,
+                "train.loss_chunk": t.loss_chunk, "data.max_tokens": exp.data.max_tokens,
+                "data.n_train": exp.data.n_train, "eval.batch_size": exp.eval.batch_size,
+                "eval.num_beams": exp.eval.num_beams, "eval.max_new_tokens": exp.eval.max_new_tokens}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"bad value {value} for '{key}': must be > 0")
+    non_negative = {"train.max_steps": t.max_steps, "train.warmup_steps": t.warmup_steps,
+                    "train.max_steps_this_invocation": t.max_steps_this_invocation, "train.lr": t.lr,
+                    "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
+                    "data.n_val": exp.data.n_val, "data.synthetic": exp.data.synthetic,
+                    "probe.micro_batches": exp.probe.micro_batches, "eval.limit": exp.eval.limit}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"bad value {value} for '{key}': must be >= 0")
+    if t.batch_size % t.micro_batch_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not a multiple of "
+                          f"train.micro_batch_size={t.micro_batch_size}")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        raise ConfigError(f"bad value {t.warmup_ratio} for 'train.warmup_ratio': must be in [0, 1)")
+    if t.warmup_ratio and t.warmup_steps:
+        raise ConfigError("set train.warmup_ratio or train.warmup_steps, not both")
+    if len(t.betas) != 2:
+        raise ConfigError(f"bad value {t.betas} for 'train.betas': expected two numbers")
+    if not t.name or "/" in t.name:
+        raise ConfigError(f"bad value {t.name!r} for 'train.name': a non-empty folder name without '/'")
+    if exp.data.n_val == 0:
+        raise ConfigError("data.n_val must be > 0: validation picks the best checkpoint")
