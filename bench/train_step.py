@@ -1,0 +1,231 @@
+"""Training-step throughput and peak memory: our framework beside HF transformers + peft, in one run.
+
+    python bench/train_step.py                                   # both shapes, every method, AC off and on
+    python bench/train_step.py --shapes qwen2-0.5b --methods giva lora --no-ac
+    python bench/train_step.py --smoke                           # tiny shapes on CPU: proves the script runs
+
+Same GPU, same random-weight models (bf16 weights, bf16 autocast, SDPA), same targets (q,k,v,up,down), same
+token batch, same optimizer (torch AdamW over the trainable tensors, fused on CUDA). One step = forward, loss,
+backward, AdamW step, zero_grad. Our loss goes through `forward_hidden` and the chunked cross-entropy of
+data/tasks.py (the trainer's path); HF's is `model(input_ids, labels=input_ids).loss`. Each configuration:
+warm-up steps, then the median of the timed steps (CUDA events), peak allocated memory since just before the
+warm-up, MFU against the bf16 matmul rate measured at the start of the run (FLOPs per token in bench/common.py).
+Every model is built once and measured without, then with, activation checkpointing; it is freed before the
+next one. A configuration that runs out of memory is recorded as such and the run goes on.
+
+Our GiVA and OSoRA bases are random orthonormal matrices (no probe, no SVD of W0: the bases' values do not
+change the step's speed; bench/probe.py times the probe). Writes bench/results/train_step.json and prints the table last.
+"""
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+import common as C
+
+# Ranks: GiVA r=64 and LoRA r=32 everywhere; VeRA and OSoRA as the paper ran them (512 on OLMo-2-7B,
+# 1024 on Qwen2-0.5B); RandLoRA as the paper's commonsense runs (100 on OLMo-2-7B, 10 on Qwen2-0.5B).
+RANKS = {
+    "olmo2-7b": {"giva": 64, "lora": 32, "vera": 512, "osora": 512, "randlora": 100, "full": 0},
+    "qwen2-0.5b": {"giva": 64, "lora": 32, "vera": 1024, "osora": 1024, "randlora": 10, "full": 0},
+    "olmo2-tiny": {"giva": 8, "lora": 4, "vera": 32, "osora": 16, "randlora": 8, "full": 0},
+    "qwen2-tiny": {"giva": 8, "lora": 4, "vera": 32, "osora": 16, "randlora": 8, "full": 0},
+}
+OUR_METHODS = ["giva", "lora", "vera", "osora", "randlora", "full"]
+# The HF run each of ours is printed beside: the same method where peft has it, else peft LoRA r=32 (the
+# paper's stack and the issue's baseline).
+HF_PEER = {"giva": "lora", "osora": "lora", "lora": "lora", "vera": "vera", "randlora": "randlora", "full": "full"}
+LOSS_CHUNK = 256  # sequence positions per chunk of our chunked cross-entropy (experiment.py's default)
+
+
+def measure(step, device, tokens: int, warmup: int, iters: int) -> dict:
+    C.reset_peak(device)
+    seconds = C.median(C.time_calls(step, device, warmup, iters))
+    return {"tokens_per_s": tokens / seconds, "step_ms": seconds * 1e3, "peak_gib": C.peak_gib(device)}
+
+
+def make_step(loss_fn, params, device):
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+
+    def step():
+        with C.autocast(device):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+# ---------------------------------------------------------------- ours
+
+def orthonormal(rows: int, cols: int, gen: torch.Generator, device) -> torch.Tensor:
+    """A random (rows, cols) matrix with orthonormal columns (rows >= cols) or rows (rows < cols)."""
+    q, _ = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=gen, device=device))
+    return q if rows >= cols else q.T.contiguous()
+
+
+@torch.no_grad()
+def random_bases(model, device) -> None:
+    """GiVA's and OSoRA's frozen bases as random orthonormal matrices instead of the probe's or W0's SVD.
+    The step's speed does not depend on their values, and the 160 SVDs would dominate the set-up time.
+    OSoRA's base weight is left as W0 (its residual W0 - B S A has the same shape and cost)."""
+    from giva.giva_linear import GivaLinear
+    from giva.inject import adapted_layers
+    from giva.osora import OsoraLinear
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    for layer in adapted_layers(model).values():
+        if isinstance(layer, GivaLinear):
+            layer.set_bases(orthonormal(*layer.giva_A.shape, gen, device), orthonormal(*layer.giva_B.shape, gen, device))
+        elif isinstance(layer, OsoraLinear):
+            layer.osora_A.copy_(orthonormal(*layer.osora_A.shape, gen, device))
+            layer.osora_B.copy_(orthonormal(*layer.osora_B.shape, gen, device))
+            layer.osora_S.fill_(1.0)
+            layer.osora_lambda_d.fill_(1.0)
+
+
+def build_ours(shape, method, r, device, workdir):
+    """Our model with `method` on the targets (giva.inject.build_adapters: the wrapping apply_adapters does,
+    without its data-dependent init) and the tensors AdamW must hold (giva.adapter_parameters)."""
+    from giva import AdapterConfig, adapter_parameters
+    from giva.inject import build_adapters
+
+    model = C.our_random_model(shape, device, C.weights_dtype(device), workdir)
+    alpha = {"lora": 2 * r, "randlora": 2 * r}.get(method)
+    build_adapters(model, AdapterConfig(method=method, r=max(r, 1), targets=C.TARGETS, alpha=alpha))
+    random_bases(model, device)
+    return model.train(), adapter_parameters(model)
+
+
+def our_checkpointing(model, enabled: bool) -> str | None:
+    """Turn our activation checkpointing on or off; the reason it cannot be, if the Decoder lacks it."""
+    if not hasattr(model, "set_activation_checkpointing"):
+        return "Decoder has no set_activation_checkpointing" if enabled else None
+    model.set_activation_checkpointing(enabled)
+    return None
+
+
+def run_ours(shape, method, r, ac_modes, device, args) -> dict:
+    from data.tasks import chunked_cross_entropy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, params = build_ours(shape, method, r, device, Path(tmp))
+    ids = C.random_tokens(shape.batch, shape.seq, shape.config["vocab_size"], device)  # (B, T)
+
+    def loss_fn():
+        total, count = chunked_cross_entropy(model.forward_hidden(ids), model.lm_head, ids, LOSS_CHUNK)
+        return total / count
+
+    step = make_step(loss_fn, params, device)
+    out = {}
+    for ac in ac_modes:
+        missing = our_checkpointing(model, ac)
+        out[ac] = {"error": missing} if missing else measure(step, device, ids.numel(), args.warmup, args.iters)
+        out[ac]["trainable"] = sum(p.numel() for p in params)
+    return out
+
+
+# ---------------------------------------------------------------- HF transformers + peft
+
+def run_hf(shape, method, r, ac_modes, device, args) -> dict:
+    model = C.hf_peft(C.hf_model(shape, device, C.weights_dtype(device), training=True), method, r)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ids = C.random_tokens(shape.batch, shape.seq, shape.config["vocab_size"], device)  # (B, T)
+    step = make_step(lambda: model(input_ids=ids, labels=ids).loss, params, device)
+    out = {}
+    for ac in ac_modes:
+        C.hf_set_checkpointing(model, ac)
+        out[ac] = measure(step, device, ids.numel(), args.warmup, args.iters)
+        out[ac]["trainable"] = sum(p.numel() for p in params)
+    return out
+
+
+def guarded(fn, ac_modes, device) -> dict:
+    """fn()'s per-AC results, or an 'out of memory' record for each AC mode; memory freed afterwards."""
+    try:
+        result = fn()
+    except RuntimeError as err:
+        if not C.is_oom(err):
+            raise
+        result = {ac: {"error": "out of memory"} for ac in ac_modes}
+    C.free_memory(device)
+    return result
+
+
+def brief(res: dict) -> str:
+    return "; ".join(f"ac={ac}: " + (rec.get("error") or f"{rec['tokens_per_s']:,.0f} tok/s, "
+                                      f"{C.fmt(rec['peak_gib'], '.1f')} GiB") for ac, rec in res.items())
+
+
+def with_mfu(rec: dict, shape, method: str, rate: float) -> dict:
+    if "tokens_per_s" in rec:
+        flops = C.flops_per_token(shape.config, full_ft=method == "full")
+        rec["mfu"] = rec["tokens_per_s"] * flops / (rate * 1e12)
+    return rec
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", nargs="+", default=list(C.SHAPES), help="model shapes (default: all)")
+    p.add_argument("--methods", nargs="+", default=OUR_METHODS, choices=OUR_METHODS)
+    p.add_argument("--no-ac", action="store_true", help="skip the activation-checkpointing measurements")
+    p.add_argument("--no-hf", action="store_true", help="skip the HF transformers + peft peer")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=6)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 warm-up, 2 timed steps (CPU check)")
+    p.add_argument("--out", type=Path, help="results JSON (default bench/results/train_step[_smoke].json)")
+    args = p.parse_args()
+    if args.smoke:
+        args.warmup, args.iters = 1, 2
+    device = C.pick_device()
+    shapes = C.shapes_for(args.shapes, args.smoke)
+    ac_modes = [False] if args.no_ac else [False, True]
+    rate = C.matmul_tflops(device, 256 if args.smoke else 8192, C.weights_dtype(device))
+    print(f"matmul rate ({C.weights_dtype(device)}): {rate:.1f} TFLOP/s", flush=True)
+
+    results = {}
+    for shape in shapes:
+        ranks = RANKS[shape.name]
+        hf = {}
+        if not args.no_hf:
+            for method in sorted({HF_PEER[m] for m in args.methods}):
+                res = guarded(lambda: run_hf(shape, method, ranks[method], ac_modes, device, args), ac_modes, device)
+                hf[method] = {ac: with_mfu(rec, shape, method, rate) for ac, rec in res.items()}
+                print(f"{shape.name} hf {method}: {brief(res)}", flush=True)
+        results[shape.name] = {}
+        for method in args.methods:
+            res = guarded(lambda: run_ours(shape, method, ranks[method], ac_modes, device, args), ac_modes, device)
+            print(f"{shape.name} ours {method}: {brief(res)}", flush=True)
+            peer = HF_PEER[method]
+            for ac, rec in res.items():
+                rec = with_mfu(rec, shape, method, rate)
+                if peer in hf:
+                    rec["hf"] = {"method": f"{peer}_r{ranks[peer]}" if peer != "full" else "full", **hf[peer][ac]}
+                key = (f"{method}_r{ranks[method]}" if method != "full" else "full") + ("_ac" if ac else "")
+                results[shape.name][key] = rec
+
+    out = args.out or C.default_out("train_step", args.smoke)
+    C.write_json(out, {
+        "machine": C.machine_info(device), "bf16_matmul_tflops": rate,
+        "flops_per_token": "6N full fine-tuning, 4N adapters (N = projection + lm_head parameters)",
+        "batch": {s.name: [s.batch, s.seq] for s in shapes}, "results": results,
+    })
+    print(f"wrote {out}\n")
+    rows = []
+    for shape_name, recs in results.items():
+        for key, rec in recs.items():
+            h = rec.get("hf", {})
+            ratio = (rec["tokens_per_s"] / h["tokens_per_s"]
+                     if "tokens_per_s" in rec and "tokens_per_s" in h else None)
+            rows.append([shape_name, key, C.fmt(rec.get("tokens_per_s")), C.fmt(rec.get("peak_gib"), ".1f"),
+                         C.fmt(rec.get("mfu"), ".1%"), h.get("method", "-"), C.fmt(h.get("tokens_per_s")),
+                         C.fmt(h.get("peak_gib"), ".1f"), C.fmt(h.get("mfu"), ".1%"), C.fmt(ratio, ".2f"),
+                         rec.get("error") or h.get("error") or ""])
+    C.print_table(["shape", "ours", "tok/s", "GiB", "MFU", "HF peer", "HF tok/s", "HF GiB", "HF MFU",
+                   "speed-up", "note"], rows)
+
+
+if __name__ == "__main__":
+    main()
