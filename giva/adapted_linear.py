@@ -1,0 +1,93 @@
+"""The one adapted-linear protocol every method implements.
+
+An AdaptedLinear replaces a target nn.Linear in place. It keeps the linear's `weight` and `bias`
+Parameter objects under the same names, so the base model's state-dict keys do not change, and adds
+
+    trainable  nn.Parameters named in `trainable_names` (GiVA's lambda_o, lambda_s; LoRA's A, B; ...)
+    bases      persistent per-layer frozen buffers named in `basis_names` (GiVA's A, B; OSoRA's U_r, V_r)
+    shared     (VeRA, RandLoRA) one SharedBases module referenced by every layer, stored once per file
+
+    y = W x + b + branch(dropout(x))            branch computed in fp32 from thin matmuls, never from dW
+
+Adapter tensors are fp32 whatever the base dtype: the net effect of the official code's dtype pipeline
+(methods.md 1). x is cast to fp32 on the branch only, and the sum is cast back to x's dtype.
+Deliberate difference: the official code stores the bases of bf16 runs as bf16-rounded values; we keep
+them at full fp32 precision.
+
+merge() folds dW into W (sum in fp32, then cast to W's dtype); unmerge() subtracts the same dW. Both
+are idempotent. The round trip is exact in fp32 only.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ADAPTER_DTYPE = torch.float32
+
+
+class SharedBases(nn.Module):
+    """Frozen bases shared by every layer of a model (VeRA, RandLoRA).
+
+    Every adapted layer registers this same module as its child `shared`, so `model.to(device)` moves
+    the one copy. The buffers are non-persistent: the adapter file stores them once, not per layer.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        for name, t in tensors.items():
+            self.register_buffer(name, t, persistent=False)
+
+
+class AdaptedLinear(nn.Module):
+    trainable_names: tuple[str, ...] = ()
+    basis_names: tuple[str, ...] = ()
+
+    def __init__(self, linear: nn.Linear, dropout: float):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_parameter("weight", linear.weight)
+        self.register_parameter("bias", linear.bias)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def _new(self, *shape, fill=None) -> torch.Tensor:
+        """An fp32 adapter tensor on the weight's device (meta stays meta), filled if asked."""
+        t = torch.empty(*shape, dtype=ADAPTER_DTYPE, device=self.weight.device)
+        return t if fill is None else t.fill_(fill)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """dW x for fp32 x (..., in) -> (..., out), through thin matmuls."""
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        """dW as an fp32 (out, in) matrix."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)  # (..., out)
+        if self.merged:
+            return y
+        return (y + self.branch(self.dropout(x.to(ADAPTER_DTYPE)))).to(x.dtype)
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            self.weight.copy_(self.weight.float() + self.delta_weight())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.weight.copy_(self.weight.float() - self.delta_weight())
+            self.merged = False
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return {n: getattr(self, n) for n in self.trainable_names}
+
+    def bases(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, n) for n in self.basis_names}
+
+    def finish_load(self):
+        """Called once after a file filled this freshly built layer's bases (OSoRA rebuilds W_res)."""
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, merged={self.merged}"

@@ -1,0 +1,68 @@
+"""The first-step gradient probe: G = dL/dW0 for every target weight, averaged over K batches.
+
+Only the target weights require grad during the probe (activation gradients still flow through the
+frozen rest), and a post-accumulate-grad hook on each target weight adds its fresh .grad into an fp32
+accumulator (optionally on the CPU) and frees it at once, so at most one layer's gradient lives in
+.grad at any time. Every parameter's requires_grad and the model's train/eval mode are restored after.
+
+Weighting. `loss_fn(model, batch)` returns either a scalar loss (the mean over the batch's target tokens),
+and then every batch counts equally: G = (1/K) sum_b G_b; or a pair (loss, n_tokens), and then
+G = sum_b n_b G_b / sum_b n_b, which is the gradient of the token-normalised loss over all K batches
+together, the same normalisation as gradient accumulation in training.
+
+Deliberate differences from the official estimate_gradient (methods.md 9): exactly K = len(batches)
+batches (no off-by-one), only the target weights' gradients are kept, accumulation is in fp32 whatever
+the weights' dtype. Gradient checkpointing, autocast and position ids are the caller's: they live in the
+model and in loss_fn, so the probe sees the same forward as training.
+"""
+import torch
+from torch import nn
+
+from giva.inject import find_targets
+
+
+def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *,
+                       offload_to_cpu: bool = False) -> dict[str, torch.Tensor]:
+    """{module name: fp32 (out, in) gradient} for every target nn.Linear, averaged over every batch of
+    the iterable `batches` (all of them are consumed, in order)."""
+    weights = {name: lin.weight for name, lin in find_targets(model, targets).items()}
+    acc = {name: torch.zeros(w.shape, dtype=torch.float32, device="cpu" if offload_to_cpu else w.device)
+           for name, w in weights.items()}
+
+    def accumulate(total: torch.Tensor):
+        def hook(p: torch.Tensor):
+            total.add_(p.grad.to(total.device, torch.float32))
+            p.grad = None
+        return hook
+
+    requires = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    handles = []
+    try:
+        for p, _ in requires:
+            p.requires_grad_(False)
+        for name, w in weights.items():
+            w.requires_grad_(True)
+            w.grad = None
+            handles.append(w.register_post_accumulate_grad_hook(accumulate(acc[name])))
+        model.train()
+        n_batches, weight_sum = 0, 0.0
+        for batch in batches:
+            out = loss_fn(model, batch)
+            loss, weight = out if isinstance(out, tuple) else (out, 1.0)
+            weight = float(weight)
+            if not torch.isfinite(loss):
+                raise ValueError(f"probe batch {n_batches}: the loss is {loss.item()}")
+            (loss * weight).backward()
+            n_batches, weight_sum = n_batches + 1, weight_sum + weight
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in requires:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    if n_batches == 0 or weight_sum <= 0:
+        raise ValueError(f"the probe saw {n_batches} batches with total weight {weight_sum}: it needs at least one")
+    for a in acc.values():
+        a.div_(weight_sum)
+    return acc

@@ -1,0 +1,57 @@
+"""VeRA: one shared pair of random bases for the whole model, two trainable vectors per layer (methods.md 3).
+
+    dW = diag(lambda_b) . B[:m, :] . diag(lambda_d) . A[:, :n]
+
+    A (r, n_max), B (m_max, r)   shared, frozen; n_max, m_max = largest in/out features over the targets
+    lambda_b (m) init 0, lambda_d (r) init d_initial.   r is not capped by the layer size.
+
+The bases are drawn exactly as peft does: a CPU torch.Generator seeded with `seed`, A first then B, each
+U(-b, b) with b = sqrt(3) sqrt(2) / sqrt(fan_in), fan_in = the tensor's second dimension.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from giva.adapted_linear import ADAPTER_DTYPE, AdaptedLinear, SharedBases
+
+
+def _kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    bound = math.sqrt(3.0) * (math.sqrt(2) / math.sqrt(shape[1]))
+    return torch.empty(shape, dtype=ADAPTER_DTYPE).uniform_(-bound, bound, generator=generator)
+
+
+def vera_shared_bases(r: int, m_max: int, n_max: int, seed: int, device) -> SharedBases:
+    if torch.device(device).type == "meta":
+        A, B = torch.empty(r, n_max, device="meta"), torch.empty(m_max, r, device="meta")
+    else:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        A = _kaiming_uniform((r, n_max), g)  # (r, n_max)
+        B = _kaiming_uniform((m_max, r), g)  # (m_max, r)
+    return SharedBases({"vera_A": A.to(device), "vera_B": B.to(device)})
+
+
+class VeraLinear(AdaptedLinear):
+    trainable_names = ("vera_lambda_b", "vera_lambda_d")
+
+    def __init__(self, linear: nn.Linear, shared: SharedBases, d_initial: float, dropout: float = 0.0):
+        super().__init__(linear, dropout)
+        r, n_max = shared.vera_A.shape
+        if n_max < self.in_features or shared.vera_B.shape[0] < self.out_features:
+            raise ValueError(f"VeRA shared bases A {tuple(shared.vera_A.shape)}, B {tuple(shared.vera_B.shape)} "
+                             f"are too small for a layer of shape ({self.out_features}, {self.in_features})")
+        self.shared = shared
+        self.vera_lambda_b = nn.Parameter(self._new(self.out_features, fill=0.0))  # (m,)
+        self.vera_lambda_d = nn.Parameter(self._new(r, fill=d_initial))  # (r,)
+
+    def _sliced(self):
+        return self.shared.vera_A[:, :self.in_features], self.shared.vera_B[:self.out_features]  # (r, n), (m, r)
+
+    def branch(self, x):
+        A, B = self._sliced()
+        return F.linear(F.linear(x, A) * self.vera_lambda_d, B) * self.vera_lambda_b  # (..., m)
+
+    def delta_weight(self):
+        A, B = self._sliced()
+        return (self.vera_lambda_b[:, None] * B * self.vera_lambda_d) @ A  # (m, n)
