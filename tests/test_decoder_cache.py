@@ -1,0 +1,75 @@
+"""The Decoder's own identities, no oracle needed: masks, padding, the KV cache and beam reordering."""
+import pytest
+import torch
+
+from models import load_model, write_random_checkpoint
+from models.kv_cache import KVCache
+
+
+@pytest.fixture(scope="module")
+def mistral(tmp_path_factory):
+    """GQA and a sliding window (8) shorter than the sequences below."""
+    return load_model(write_random_checkpoint(tmp_path_factory.mktemp("mistral"), family="mistral"))
+
+
+def _left_pad(seqs, pad_id=0):
+    T = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad_id] * (T - len(s)) + s for s in seqs])
+    pad_mask = torch.tensor([[False] * (T - len(s)) + [True] * len(s) for s in seqs])
+    positions = (pad_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return ids, pad_mask, positions
+
+
+@torch.no_grad()
+def test_left_padded_rows_equal_unpadded_rows(mistral):
+    seqs = [list(range(5, 25)), list(range(30, 41)), [7, 8]]
+    ids, pad_mask, positions = _left_pad(seqs)
+    batched = mistral(ids, positions=positions, pad_mask=pad_mask)
+    assert not batched.isnan().any()  # pad query rows attend to themselves, never to nothing
+    for row, s in enumerate(seqs):
+        alone = mistral(torch.tensor([s]))[0]
+        torch.testing.assert_close(batched[row, -len(s):], alone, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_all_true_pad_mask_equals_no_mask(mistral):
+    ids = torch.randint(0, 259, (2, 20))
+    torch.testing.assert_close(mistral(ids, pad_mask=torch.ones(2, 20, dtype=torch.bool)), mistral(ids),
+                               atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_chunked_prefill_equals_full_forward(mistral):
+    """Several tokens at a time into a warm cache (the explicit-mask path with cache_start > 0)."""
+    ids = torch.randint(0, 259, (2, 20))
+    cache = KVCache.for_model(mistral, batch=2, max_len=24)
+    chunks = [mistral(ids[:, a:b], kv_cache=cache, cache_start=a) for a, b in ((0, 7), (7, 15), (15, 16), (16, 20))]
+    torch.testing.assert_close(torch.cat(chunks, 1), mistral(ids), atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_reorder_follows_the_selected_rows(mistral):
+    ids = torch.randint(0, 259, (3, 10))
+    cache = KVCache.for_model(mistral, batch=3, max_len=12)
+    mistral(ids[:, :9], kv_cache=cache)
+    index = torch.tensor([2, 0, 2])
+    cache.reorder(index)
+    assert cache.batch == 3
+    step = mistral(ids[index, 9:], kv_cache=cache, cache_start=9)
+    torch.testing.assert_close(step[:, 0], mistral(ids[index])[:, -1], atol=1e-5, rtol=0)
+
+
+def test_bad_arguments_are_clear_errors(mistral):
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"pad_mask has shape \(2, 4\), expected \(batch, slots\) = \(2, 5\)"):
+        mistral(ids, pad_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"KV cache holds 4 slots, forward needs 5"):
+        mistral(ids, kv_cache=KVCache.for_model(mistral, batch=2, max_len=4))
+    with pytest.raises(ValueError, match=r"cache_start is only meaningful with a kv_cache"):
+        mistral(ids, cache_start=3)
+
+
+def test_forward_hidden_feeds_lm_head(mistral):
+    ids = torch.randint(0, 259, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(mistral.lm_head(mistral.forward_hidden(ids)), mistral(ids), atol=0, rtol=0)
