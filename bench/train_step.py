@@ -99,14 +99,6 @@ def build_ours(shape, method, r, device, workdir):
     return model.train(), adapter_parameters(model)
 
 
-def our_checkpointing(model, enabled: bool) -> str | None:
-    """Turn our activation checkpointing on or off; the reason it cannot be, if the Decoder lacks it."""
-    if not hasattr(model, "set_activation_checkpointing"):
-        return "Decoder has no set_activation_checkpointing" if enabled else None
-    model.set_activation_checkpointing(enabled)
-    return None
-
-
 def run_ours(shape, method, r, ac_modes, device, args) -> dict:
     from data.tasks import chunked_cross_entropy
 
@@ -121,7 +113,7 @@ def run_ours(shape, method, r, ac_modes, device, args) -> dict:
     step = make_step(loss_fn, params, device)
     out = {}
     for ac in ac_modes:
-        missing = our_checkpointing(model, ac)
+        missing = C.set_our_checkpointing(model, ac)
         out[ac] = {"error": missing} if missing else measure(step, device, ids.numel(), args.warmup, args.iters)
         out[ac]["trainable"] = sum(p.numel() for p in params)
     return out

@@ -1,0 +1,171 @@
+"""Batched generation, GSM8K-shaped: our models.generate beside HF `generate`, same weights, same prompts.
+
+    python bench/generate.py                  # OLMo-2-7B shape: greedy at batch 64, beam 4 at batch 16
+    python bench/generate.py --smoke          # tiny OLMo-2 shape on CPU: proves the script runs
+
+One random-weight bf16 model (HF's own init) is shared by both sides: our Decoder is built on the meta
+device and assigned HF's tensors through the family's key table (no copy). Prompts are 128 random tokens
+(the length of a GSM8K prompt; the weights are random, so real text would change nothing), 256 new tokens,
+no EOS (every row runs to the end). HF: `generate(do_sample=False, num_beams=k)` with its default (dynamic)
+KV cache and SDPA; ours: models.generate with its preallocated cache. Each side gets one short untimed call
+(kernel selection, allocator warm-up), then one timed call per setting.
+
+New tokens/s counts output tokens: batch x 256 per call (beam search returns one sequence per prompt).
+Memory roofline: each decoding step must read every weight matrix once (embedding table excluded, lm_head
+included), so at copy bandwidth BW the best possible rate is batch x BW / weight bytes (the issue's measure);
+a second figure also charges the KV cache read per step (all layers, at the mean context length of the run).
+Writes bench/results/generate.json and prints the table last.
+"""
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import common as C
+
+SETTINGS = {  # name: (batch, num_beams)
+    "greedy": (64, 1),
+    "beam4": (16, 4),
+}
+SMOKE_SETTINGS = {"greedy": (4, 1), "beam4": (2, 4)}
+
+
+def our_model_sharing(hf, shape, device, workdir: Path):
+    """Our Decoder holding HF's very tensors, mapped through models/families.py's key table."""
+    from models import load_config
+    from models.checkpoint import map_key
+    from models.decoder import Decoder
+    from models.families import family_of
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(shape.config))
+    family = family_of(shape.config, workdir / "config.json")
+    with torch.device("meta"):
+        model = Decoder(load_config(workdir))
+    state = {}
+    for key, tensor in hf.state_dict().items():
+        (name,) = map_key(key, family.keys)
+        state[name] = tensor
+    model.load_state_dict(state, strict=True, assign=True)
+    if model.cfg.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.materialize_buffers(device)
+    return model.eval()
+
+
+def run_ours(model, prompts: list[list[int]], new_tokens: int, beams: int) -> list[list[int]]:
+    from models.generate import generate
+
+    return generate(model, prompts, max_new_tokens=new_tokens, num_beams=beams, eos_id=None)
+
+
+def run_hf(model, prompts: list[list[int]], new_tokens: int, beams: int) -> list[list[int]]:
+    ids = torch.tensor(prompts, device=model.device)  # (B, P), every prompt the same length: no padding
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             do_sample=False, num_beams=beams, eos_token_id=None, pad_token_id=0)
+    return out[:, ids.shape[1]:].tolist()
+
+
+def timed_generation(fn, model, prompts, new_tokens, beams, device) -> tuple[dict, list[list[int]]]:
+    fn(model, prompts[:2], 2, beams)  # warm-up
+    C.free_memory(device)
+    C.synchronize(device)
+    start = time.perf_counter()
+    out = fn(model, prompts, new_tokens, beams)
+    C.synchronize(device)
+    seconds = time.perf_counter() - start
+    produced = sum(len(row) for row in out)
+    return {"seconds": seconds, "new_tokens": produced, "tokens_per_s": produced / seconds,
+            "peak_gib": C.peak_gib(device)}, out
+
+
+def agreement(ours: list[list[int]], theirs: list[list[int]]) -> dict:
+    """How far the two decodings agree (informative: bf16 kernels differ and a random model's logits
+    are near ties, so identical numerics are not expected here; the CPU tests check them in fp32)."""
+    prefix = []
+    for a, b in zip(ours, theirs):
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        prefix.append(n)
+    return {"identical_rows": sum(a == b for a, b in zip(ours, theirs)) / len(ours),
+            "mean_common_prefix": sum(prefix) / len(prefix)}
+
+
+def roofline(cfg: dict, weight_bytes: int, bandwidth: float, batch: int, beams: int, prompt: int, new: int,
+             kv_itemsize: int) -> dict:
+    """Best new tokens/s if a step cost only its memory reads at `bandwidth` (bytes/s)."""
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    kv_per_slot = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * kv_itemsize
+    kv_bytes = batch * beams * (prompt + new / 2) * kv_per_slot  # mean over the run's steps
+    return {"weights_only": batch * bandwidth / weight_bytes,
+            "weights_and_kv": batch * bandwidth / (weight_bytes + kv_bytes)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--no-hf", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny OLMo-2 shape on CPU, short prompts")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    settings = SMOKE_SETTINGS if args.smoke else SETTINGS
+    if args.smoke:
+        args.prompt_len, args.new_tokens = 8, 8
+    device = C.pick_device()
+    (shape,) = C.shapes_for(["olmo2-7b"], args.smoke)
+    bandwidth = C.copy_bandwidth_gbs(device, 2**24 if args.smoke else 2**32) * 1e9
+    print(f"copy bandwidth: {bandwidth / 1e12:.2f} TB/s", flush=True)
+
+    hf = C.hf_model(shape, device, C.weights_dtype(device), training=False)
+    hf.generation_config.eos_token_id = None  # no EOS: every row generates all new tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_model = our_model_sharing(hf, shape, device, Path(tmp))
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in ours_model.named_parameters()
+                       if n != "embed_tokens.weight" or shape.config["tie_word_embeddings"])
+    vocab = shape.config["vocab_size"]
+
+    results, rows = {}, []
+    for name in args.settings:
+        batch, beams = settings[name]
+        prompts = C.random_tokens(batch, args.prompt_len, vocab, torch.device("cpu"), seed=1).tolist()
+        ours, ours_out = timed_generation(run_ours, ours_model, prompts, args.new_tokens, beams, device)
+        print(f"{name} ours: {ours}", flush=True)
+        rec = dict(ours)
+        if not args.no_hf:
+            theirs, hf_out = timed_generation(run_hf, hf, prompts, args.new_tokens, beams, device)
+            print(f"{name} hf: {theirs}", flush=True)
+            rec["hf"] = theirs
+            rec["agreement"] = agreement(ours_out, hf_out)
+        roof = roofline(shape.config, weight_bytes, bandwidth, batch, beams, args.prompt_len, args.new_tokens,
+                        torch.finfo(C.weights_dtype(device)).bits // 8)
+        rec["roofline_tokens_per_s"] = roof
+        rec["fraction_of_roofline"] = {k: rec["tokens_per_s"] / v for k, v in roof.items()}
+        if "hf" in rec:
+            rec["hf"]["fraction_of_roofline"] = {k: rec["hf"]["tokens_per_s"] / v for k, v in roof.items()}
+        results[f"{name}_b{batch}"] = rec
+        h = rec.get("hf", {})
+        rows.append([f"{name}, batch {batch}", C.fmt(rec["tokens_per_s"]), C.fmt(rec["peak_gib"], ".1f"),
+                     C.fmt(h.get("tokens_per_s")), C.fmt(h.get("peak_gib"), ".1f"),
+                     C.fmt(rec["tokens_per_s"] / h["tokens_per_s"] if h else None, ".1f"),
+                     C.fmt(roof["weights_only"]), f"{rec['fraction_of_roofline']['weights_only']:.1%}",
+                     f"{rec['fraction_of_roofline']['weights_and_kv']:.1%}",
+                     C.fmt(h.get("fraction_of_roofline", {}).get("weights_only"), ".1%")])
+
+    out = args.out or C.default_out("generate", args.smoke)
+    C.write_json(out, {
+        "machine": C.machine_info(device), "copy_bandwidth_gbs": bandwidth / 1e9, "weight_bytes": weight_bytes,
+        "setting": {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "eos": None},
+        "results": {shape.name: results},
+    })
+    print(f"wrote {out}\n")
+    C.print_table(["setting", "ours tok/s", "ours GiB", "HF tok/s", "HF GiB", "speed-up", "roofline tok/s",
+                   "ours % roof", "ours % roof+KV", "HF % roof"], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""GiVA's set-up cost: the first-step gradient probe and the SVD bases of every target, ours beside HF.
+
+    python bench/probe.py                          # OLMo-2-7B shape, 32 x 1024 tokens in micro-batches of 4
+    python bench/probe.py --micro-batch 2 --offload
+    python bench/probe.py --smoke                  # tiny OLMo-2 shape on CPU: proves the script runs
+
+Ours, as train.py runs it: giva.estimate_gradients over the micro-batches (fp32 accumulation through
+post-accumulate-grad hooks, loss weighted by target tokens), then giva.apply_adapters (wrap every target and
+take each gradient's seeded svd_lowrank, q=256, niter=4, freeing it as soon as its bases exist). HF's
+equivalent: requires_grad on the 160 target weights only, a plain backward per micro-batch (bf16 .grad
+accumulated by autograd), then torch.svd_lowrank(q=256, niter=4) of each gradient in fp32. Both sides: random
+bf16 weights, bf16 autocast, one untimed micro-batch first (kernel selection), then one timed run; peak
+allocated memory over the timed run.
+
+Accuracy: for a few of our real probe gradients, svd_lowrank at the chosen q/niter (through giva_bases, with
+its seed) against torch.linalg.svd: the largest principal angle and the projector distance
+||P - P'||_F / sqrt(2r) (0 = same subspace, 1 = orthogonal) of A's row space (top-r right singular vectors)
+and of B's column space for TopSV-B (top-r left) and SecSV-B (left vectors r+1..2r), and the relative error
+of the top-2r singular values. The weights are random, so the gradients' spectra are those of a random
+network: flatter than a pretrained model's, which makes this a hard case for svd_lowrank.
+
+Writes bench/results/probe.json and prints the tables last.
+"""
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import common as C
+
+ACCURACY_LAYERS = ["layers.0.self_attn.q_proj", "layers.{mid}.mlp.up_proj", "layers.{last}.mlp.down_proj"]
+LOSS_CHUNK = 256
+
+
+def timed(fn, device):
+    C.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    C.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def micro_batches(shape, n_tokens_batch: int, micro: int, device) -> list[torch.Tensor]:
+    ids = C.random_tokens(n_tokens_batch, shape.seq, shape.config["vocab_size"], device)  # (batch, T)
+    return list(ids.split(micro))  # each (micro, T)
+
+
+# ---------------------------------------------------------------- ours
+
+def run_ours(shape, args, device, r, workdir) -> tuple[dict, dict]:
+    from data.tasks import chunked_cross_entropy
+    from giva import AdapterConfig, apply_adapters, estimate_gradients
+
+    model = C.our_random_model(shape, device, C.weights_dtype(device), workdir)
+    if args.ac:
+        C.set_our_checkpointing(model, True)
+    batches = micro_batches(shape, args.batch, args.micro_batch, device)
+
+    def loss_fn(model, ids):
+        with C.autocast(device):
+            total, count = chunked_cross_entropy(model.forward_hidden(ids), model.lm_head, ids, LOSS_CHUNK)
+        return total / count, count
+
+    estimate_gradients(model, batches[:1], loss_fn, C.TARGETS, offload_to_cpu=args.offload)  # warm-up
+    C.free_memory(device)
+    grads, probe_s = timed(lambda: estimate_gradients(model, batches, loss_fn, C.TARGETS,
+                                                      offload_to_cpu=args.offload), device)
+    n_layers, n_targets = shape.config["num_hidden_layers"], len(grads)
+    # CPU copies for the accuracy check, so they stay out of the peak memory measured
+    kept = {name: grads[name].cpu() for name in
+            (t.format(mid=n_layers // 2, last=n_layers - 1) for t in ACCURACY_LAYERS)}
+    cfg = AdapterConfig(method="giva", r=r, targets=C.TARGETS, init="secsv", svd_q=args.q, svd_niter=args.niter)
+    _, svd_s = timed(lambda: apply_adapters(model, cfg, grads=grads), device)
+    return {"probe_s": probe_s, "svd_s": svd_s, "total_s": probe_s + svd_s, "n_targets": n_targets,
+            "peak_gib": C.peak_gib(device)}, kept
+
+
+# ---------------------------------------------------------------- HF transformers
+
+def run_hf(shape, args, device) -> dict:
+    model = C.hf_model(shape, device, C.weights_dtype(device), training=True)
+    if args.ac:
+        C.hf_set_checkpointing(model, True)
+    model.requires_grad_(False)
+    targets = [m.weight for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in C.TARGETS]
+    for w in targets:
+        w.requires_grad_(True)
+    batches = micro_batches(shape, args.batch, args.micro_batch, device)
+
+    def probe(batches):
+        for ids in batches:
+            with C.autocast(device):
+                loss = model(input_ids=ids, labels=ids).loss
+            (loss / len(batches)).backward()
+
+    def svd():
+        for w in targets:
+            torch.svd_lowrank(w.grad.float(), q=args.q, niter=args.niter)
+            w.grad = None
+
+    probe(batches[:1])  # warm-up
+    for w in targets:
+        w.grad = None
+    C.free_memory(device)
+    _, probe_s = timed(lambda: probe(batches), device)
+    _, svd_s = timed(svd, device)
+    return {"probe_s": probe_s, "svd_s": svd_s, "total_s": probe_s + svd_s, "n_targets": len(targets),
+            "peak_gib": C.peak_gib(device)}
+
+
+# ---------------------------------------------------------------- svd_lowrank accuracy
+
+def subspace_distance(X: torch.Tensor, Y: torch.Tensor) -> tuple[float, float]:
+    """(largest principal angle in degrees, ||XX^T - YY^T||_F / sqrt(2r)) for orthonormal columns X, Y (d, r)."""
+    cos = torch.linalg.svdvals(X.T @ Y).clamp(max=1.0)  # (r,)
+    r = X.shape[1]
+    proj = math.sqrt(max(2 * (r - float((cos**2).sum())), 0.0) / (2 * r))
+    return math.degrees(math.acos(float(cos.min()))), proj
+
+
+def accuracy(G: torch.Tensor, name: str, r: int, q: int, niter: int) -> dict:
+    from giva.bases import exact_fp32, giva_bases, layer_seed
+
+    m, n = G.shape
+    with exact_fp32():
+        U, S, Vh = torch.linalg.svd(G, full_matrices=False)  # (m, k), (k,), (k, n)
+    seed = layer_seed(0, name)
+    A, B_top = giva_bases(G, r, "topsv", seed=seed, q=q, niter=niter)  # (r, n), (m, r)
+    _, B_sec = giva_bases(G, r, "secsv", seed=seed, q=q, niter=niter)  # (m, r)
+    with exact_fp32():
+        S_approx = torch.linalg.svdvals(B_top.T @ G @ A.T)  # (r,) the top-r singular values it captures
+    out = {"shape": [m, n], "sigma_r_over_sigma_1": float(S[r - 1] / S[0]),
+           "sigma_2r_over_sigma_r": float(S[2 * r - 1] / S[r - 1]),
+           "top_r_sigma_rel_err": float(((S[:r] - S_approx) / S[:r]).abs().max())}
+    for key, exact, approx in [("A", Vh[:r].T, A.T), ("B_topsv", U[:, :r], B_top), ("B_secsv", U[:, r:2 * r], B_sec)]:
+        angle, proj = subspace_distance(exact, approx)
+        out[key] = {"max_angle_deg": angle, "projector_dist": proj}
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=32, help="sequences in the probe batch (x 1024 tokens)")
+    p.add_argument("--micro-batch", type=int, default=4, help="sequences per forward/backward")
+    p.add_argument("--offload", action="store_true", help="our fp32 accumulators on the CPU")
+    p.add_argument("--ac", action="store_true", help="activation checkpointing on both sides")
+    p.add_argument("--q", type=int, default=256)
+    p.add_argument("--niter", type=int, default=4)
+    p.add_argument("--no-hf", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny OLMo-2 shape on CPU")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    r = 64
+    if args.smoke:
+        args.batch, args.micro_batch, args.q, r = 4, 2, 16, 4
+    device = C.pick_device()
+    (shape,) = C.shapes_for(["olmo2-7b"], args.smoke)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, kept = run_ours(shape, args, device, r, Path(tmp))
+    C.free_memory(device)
+    print(f"ours: {ours}", flush=True)
+    acc = {name: accuracy(G.to(device), name, r, args.q, args.niter) for name, G in kept.items()}
+    del kept
+    C.free_memory(device)
+    hf = None if args.no_hf else run_hf(shape, args, device)
+    C.free_memory(device)
+    print(f"hf: {hf}", flush=True)
+
+    out = args.out or C.default_out("probe", args.smoke)
+    C.write_json(out, {
+        "machine": C.machine_info(device),
+        "setting": {"shape": shape.name, "batch": [args.batch, shape.seq], "micro_batch": args.micro_batch,
+                    "offload": args.offload, "activation_checkpointing": args.ac, "r": r, "q": args.q,
+                    "niter": args.niter},
+        "results": {shape.name: {"probe_svd": {**ours, "hf": hf}}}, "svd_lowrank_accuracy": acc,
+    })
+    print(f"wrote {out}\n")
+    rows = [[side, C.fmt(rec["probe_s"], ".2f"), C.fmt(rec["svd_s"], ".2f"), C.fmt(rec["total_s"], ".2f"),
+             C.fmt(rec["peak_gib"], ".1f")] for side, rec in (("ours", ours), ("hf", hf)) if rec]
+    C.print_table(["side", "probe s", "SVD s", "total s", "peak GiB"], rows)
+    print()
+    rows = [[name, f"{a['sigma_2r_over_sigma_r']:.3f}", f"{a['top_r_sigma_rel_err']:.1e}"]
+            + [f"{a[k]['max_angle_deg']:.2f} / {a[k]['projector_dist']:.1e}" for k in ("A", "B_topsv", "B_secsv")]
+            for name, a in acc.items()]
+    C.print_table(["gradient", "s_2r/s_r", "top-r s rel err", "A: angle deg / proj", "B topsv", "B secsv"], rows)
+
+
+if __name__ == "__main__":
+    main()
