@@ -51,7 +51,8 @@ def load_adapter(model: nn.Module, paths):
     A model without adapters gets them built from the files' config, and every tensor (bases and
     trainable) must then be in the files; OSoRA then rebuilds W_res from the model's own W0, which
     must be the pristine base weight. A model that already has the same adapters (resuming) takes the
-    trainable tensors in the files, and any bases in the files must equal its own.
+    trainable tensors in the files, and any bases in the files must equal its own. A failed load
+    onto a fresh model leaves it with unusable adapters: rebuild the model before trying again.
     """
     files = [SafetensorsFile(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     cfgs = [_read_config(f) for f in files]
