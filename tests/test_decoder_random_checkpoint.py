@@ -112,3 +112,19 @@ def test_meta_build_counts_parameters():
     # embed + lm_head: 2*V*D; per layer: 4*D*D attention + 3*D*F MLP + q/k norms 2*D + 2 norms 2*D; final norm D
     D, F, V, L = 4096, 11008, 100352, 32
     assert sum(p.numel() for p in model.parameters()) == 2 * V * D + L * (4 * D * D + 3 * D * F + 4 * D) + D
+
+
+def test_sharded_bin_checkpoint_loads_the_same(checkpoints, tmp_path):
+    """PyTorch shards through pytorch_model.bin.index.json (the older publisher layout)."""
+    from models.safetensors_io import load_safetensors
+    src = checkpoints["phi3"]
+    tensors, _ = load_safetensors(src / "model.safetensors")
+    keys = sorted(tensors)
+    shards = {"pytorch_model-00001-of-00002.bin": keys[::2], "pytorch_model-00002-of-00002.bin": keys[1::2]}
+    for shard, ks in shards.items():
+        torch.save({k: tensors[k].clone() for k in ks}, tmp_path / shard)
+    index = {"metadata": {}, "weight_map": {k: s for s, ks in shards.items() for k in ks}}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    (tmp_path / "config.json").write_text((src / "config.json").read_text())
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path)(IDS), load_model(src)(IDS), atol=0, rtol=0)
