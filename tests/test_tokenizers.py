@@ -106,17 +106,23 @@ def test_llama2_reproduces_llama_cpp_reference_lists(shared_data, tmp_path):
 
 
 @pytest.fixture
-def phi3(shared_data, tmp_path):
+def phi3_dir(shared_data, tmp_path):
     """Phi-3: the Llama-2 SentencePiece model plus the added tokens of ggml-vocab-phi-3.gguf (ids 32000-32010),
     with the flags of Phi-3-mini's published tokenizer_config.json (rstrip on </s> and on all but <|endoftext|>)."""
     tokens = read_gguf_kv(shared_data / "tokenizers/llama_cpp_vocab/ggml-vocab-phi-3.gguf")["tokenizer.ggml.tokens"]
     added = {i: tokens[i] for i in range(32000, 32011)}
     assert added[32000] == "<|endoftext|>" and added[32010] == "<|user|>"
     decoder = added_tokens_decoder({**LLAMA2_SPECIAL, **added}, rstrip=set(added.values()) - {"<|endoftext|>"} | {"</s>"})
-    return load_tokenizer(checkpoint_dir(tmp_path, {"tokenizer.model": shared_data / "tokenizers/llama2/tokenizer.model"}, {
+    return checkpoint_dir(tmp_path / "phi3", {"tokenizer.model": shared_data / "tokenizers/llama2/tokenizer.model"}, {
         "tokenizer_config.json": {"added_tokens_decoder": decoder, "bos_token": "<s>", "eos_token": "<|endoftext|>",
-                                  "pad_token": "<|endoftext|>", "unk_token": "<unk>", "tokenizer_class": "LlamaTokenizer"},
-        "added_tokens.json": {c: i for i, c in added.items()}}))
+                                  "pad_token": "<|endoftext|>", "unk_token": "<unk>", "tokenizer_class": "LlamaTokenizer",
+                                  "add_bos_token": False, "add_eos_token": False, "legacy": True},
+        "added_tokens.json": {c: i for i, c in added.items()}})
+
+
+@pytest.fixture
+def phi3(phi3_dir):
+    return load_tokenizer(phi3_dir)
 
 
 def test_phi3_reproduces_llama_cpp_reference_lists(phi3, shared_data):
@@ -131,6 +137,18 @@ def test_phi3_added_tokens_split_first_and_swallow_whitespace_on_their_rstrip_si
     assert phi3.encode("a<|endoftext|> b") == phi3.encode("a") + [32000] + phi3.encode(" b")
     assert phi3.decode(phi3.encode("x<|endoftext|>")) == "x<|endoftext|>"
     assert phi3.decode(phi3.encode("x<|endoftext|>"), skip_special_tokens=True) == "x"
+
+
+def test_phi3_added_tokens_match_transformers(phi3, phi3_dir):
+    # transformers rebuilds the tokenizer from tokenizer.model (through protobuf). Its legacy Metaspace does not
+    # prefix a segment that already starts with a space, unlike the published tokenizer.json that made the
+    # reference lists above, so these strings have no segment starting with a space.
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("google.protobuf")
+    oracle = transformers.AutoTokenizer.from_pretrained(str(phi3_dir))
+    texts = ["<|user|>\nWhat is 2+2?<|end|>\n<|assistant|>\n4<|end|>\n<|endoftext|>", "<|system|>  \n\nBe brief.<|end|>",
+             "a<|endoftext|>b<|user|>\tc", "<s>Hello</s>\n\nx<|placeholder6|>", "\n\nHi<|end|>\n\n there"]
+    assert [phi3.encode(t) for t in texts] == [oracle.encode(t, add_special_tokens=False) for t in texts]
 
 
 def test_mistral_reproduces_mistral_common_reference_sample(shared_data, tmp_path):
