@@ -76,6 +76,7 @@ class TrainSection:
     out_dir: str = "runs"
     seed: int = 0
     device: str = "auto"           # auto: cuda when available, else cpu; or e.g. "cuda:1"
+    cpu_threads: int = 0           # > 0: torch.set_num_threads on a CPU run (tiny models run best on 1)
     epochs: int = 1
     max_steps: int = 0             # > 0: stop after this many optimizer steps in total
     batch_size: int = 32           # examples per optimizer step
@@ -240,6 +241,7 @@ def _check_rules(exp: Experiment):
             raise ConfigError(f"bad value {value} for '{key}': must be > 0")
     non_negative = {"train.max_steps": t.max_steps, "train.warmup_steps": t.warmup_steps,
                     "train.max_steps_this_invocation": t.max_steps_this_invocation, "train.lr": t.lr,
+                    "train.cpu_threads": t.cpu_threads,
                     "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
                     "data.n_val": exp.data.n_val, "data.synthetic": exp.data.synthetic,
                     "probe.micro_batches": exp.probe.micro_batches, "eval.limit": exp.eval.limit}

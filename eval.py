@@ -1,0 +1,129 @@
+"""Score a model, or base + a trained adapter merged into it, on GSM8K with batched greedy generation.
+
+    python eval.py --task gsm8k                             # the run configs/olmo2_metamath.yaml produces
+    python eval.py --task gsm8k --run runs/tiny_math        # base + that run's adapter (best val loss), merged
+    python eval.py --task gsm8k --model DIR                 # a bare publisher checkpoint
+    options: --limit N (first N problems), --batch-size B, --out FILE (predictions JSONL; the metrics JSON
+             goes next to it as FILE.metrics.json), --data FILE (another GSM8K-format JSONL)
+
+Prompt [BOS] + tok("Q: {question}\\nA: ") as in training, greedy decoding of eval.max_new_tokens (256, the
+paper's) new tokens, stopping at EOS; the prediction is the first "#### <number>" of the generation.
+"""
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import giva
+from data import load_tokenizer
+from data.collate import special_ids
+from data.gsm8k import extract_prediction, prompt, read_problems
+from data.synthetic_math import ensure_synthetic_files
+from experiment import ConfigError, EvalSection, load_experiment
+from models import load_model, write_random_checkpoint
+from models.generate import generate
+from models.safetensors_io import atomic_file
+
+DEFAULT_CONFIG = "configs/olmo2_metamath.yaml"
+
+
+def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device):
+    """The base checkpoint, with `run`'s adapter (bases + `checkpoint` vectors) merged in when given."""
+    model = load_model(model_path, dtype=dtype, device=device)
+    if run is not None:
+        vectors = run / f"{checkpoint}.safetensors"
+        if not vectors.is_file():
+            raise FileNotFoundError(f"{vectors}: the run has no {checkpoint} checkpoint (has training finished?)")
+        giva.load_adapter(model, run / "adapter.safetensors")  # bases + initial vectors
+        giva.load_adapter(model, vectors)                     # the trained vectors replace the initial ones
+        giva.merge_adapters(model)
+    return model.eval(), load_tokenizer(model_path)
+
+
+def evaluate_gsm8k(model, tok, problems, *, max_new_tokens, batch_size, num_beams=1):
+    """One record per problem (prompt, generation, prediction, target, correct) and the metrics."""
+    bos, eos, pad = special_ids(tok)
+    prompts = [prompt(p.question) for p in problems]
+    ids = [[bos] + tok.encode(text) for text in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
+    outputs = [None] * len(ids)
+    start, new_tokens = time.perf_counter(), 0
+    for s in range(0, len(order), batch_size):
+        chunk = order[s:s + batch_size]
+        new = generate(model, [ids[i] for i in chunk], max_new_tokens=max_new_tokens, num_beams=num_beams,
+                       eos_id=eos, pad_id=pad)
+        for i, tokens in zip(chunk, new):
+            outputs[i] = tokens
+            new_tokens += len(tokens)
+    elapsed = time.perf_counter() - start
+    records = []
+    for text, problem, tokens in zip(prompts, problems, outputs):
+        generation = tok.decode([t for t in tokens if t != eos])
+        prediction = extract_prediction(generation)
+        records.append({"prompt": text, "generation": generation, "prediction": prediction,
+                        "target": problem.target, "correct": prediction == problem.target})
+    n_correct = sum(r["correct"] for r in records)
+    metrics = {"task": "gsm8k", "accuracy": n_correct / max(len(records), 1), "correct": n_correct,
+               "total": len(records), "max_new_tokens": max_new_tokens, "num_beams": num_beams,
+               "generation_time_s": elapsed, "new_tokens_per_s": new_tokens / max(elapsed, 1e-9)}
+    return records, metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", required=True, choices=["gsm8k"])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--run", type=Path, help="a run directory written by train.py")
+    source.add_argument("--model", type=Path, help="a bare publisher checkpoint directory")
+    parser.add_argument("--limit", type=int, help="only the first N problems")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--out", type=Path, help="predictions JSONL (default: in the run directory)")
+    parser.add_argument("--data", type=Path, help="a GSM8K-format JSONL (default: the config's eval.path)")
+    args = parser.parse_args(argv)
+
+    if args.model is not None:
+        model_path, run, ev, exp = args.model, None, EvalSection(), None
+        out = args.out or Path("runs") / f"{args.model.name}_{args.task}.jsonl"
+    else:
+        run = args.run
+        exp = load_experiment(run / "config.yaml" if run is not None else DEFAULT_CONFIG)
+        run = run if run is not None else exp.run_dir()
+        model_path, ev = Path(exp.model.path), exp.eval
+        out = args.out or run / f"{args.task}_predictions.jsonl"
+    ev = replace(ev, limit=args.limit if args.limit is not None else ev.limit,
+                 batch_size=args.batch_size or ev.batch_size, path=str(args.data or ev.path))
+    if exp is not None and exp.model.random_init is not None and not (model_path / "config.json").is_file():
+        write_random_checkpoint(model_path, **exp.model.random_init)
+    if exp is not None and exp.data.synthetic:
+        ensure_synthetic_files(exp.data.path, ev.path, exp.data.synthetic)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and exp is not None and exp.train.cpu_threads:
+        torch.set_num_threads(exp.train.cpu_threads)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, tok = load_for_eval(model_path, run, ev.checkpoint, dtype, device)
+    problems = read_problems(ev.path)
+    problems = problems[:ev.limit] if ev.limit else problems
+    records, metrics = evaluate_gsm8k(model, tok, problems, max_new_tokens=ev.max_new_tokens,
+                                      batch_size=ev.batch_size, num_beams=ev.num_beams)
+    metrics.update(model=str(model_path), run=str(run) if run else None,
+                   adapter=ev.checkpoint if run else None, data=ev.path)
+    with atomic_file(out, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    metrics_path = out.with_name(out.name + ".metrics.json")
+    with atomic_file(metrics_path, "w") as f:
+        json.dump(metrics, f, indent=1)
+    print(f"wrote {out} and {metrics_path}")
+    print(json.dumps(metrics))
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,106 @@
+"""train.py end to end on the tiny config (probe, bases, train, validate, checkpoint, eval), dry-run
+parameter counts on OLMo-2-7B's config.json, and a NaN loss stopping the run."""
+import json
+import math
+
+import pytest
+import torch
+
+import eval as eval_script
+import train
+from data.tasks import CausalLMTask
+from experiment import load_experiment
+from models import load_config
+from models.safetensors_io import SafetensorsFile, load_safetensors
+from tiny_run import REPO, TINY_CONFIG, tiny_overrides
+
+# OLMo-2-1124-7B's config.json, as the publisher ships it (the values the parameter counts depend on).
+OLMO2_7B = {"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", "hidden_size": 4096,
+            "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 32, "vocab_size": 100352, "tie_word_embeddings": False,
+            "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 500000, "hidden_act": "silu",
+            "attention_bias": False, "bos_token_id": None, "eos_token_id": 100257, "pad_token_id": 100277}
+OLMO2_7B_PARAMS = 7_298_617_344  # methods.md 7.4
+
+
+@pytest.mark.parametrize("overrides, trainable", [
+    ([], 886_784),                                                            # GiVA r=64
+    (["adapter.method=vera", "adapter.r=512"], 958_464),                      # VeRA r=512
+    (["adapter.method=lora", "adapter.r=8", "adapter.alpha=16"], 14_024_704),  # LoRA r=8
+])
+def test_dry_run_reports_the_papers_counts(tmp_path, capsys, overrides, trainable):
+    (tmp_path / "config.json").write_text(json.dumps(OLMO2_7B))
+    sets = [a for o in [f"model.path={tmp_path}", *overrides] for a in ("--set", o)]
+    train.main([str(REPO / "configs/olmo2_metamath.yaml"), *sets, "--dry-run"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["trainable_params"] == trainable
+    assert last["total_params"] == OLMO2_7B_PARAMS + trainable  # base + adapter
+
+
+def _giva_count(cfg, r):
+    """GiVA SecSV-B trainable scalars per methods.md 2.8: r' + m per target, r' = min(r, min(m, n) // 2)."""
+    q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    shapes = [(q_out, cfg.dim), (kv_out, cfg.dim), (kv_out, cfg.dim), (cfg.hidden_dim, cfg.dim), (cfg.dim, cfg.hidden_dim)]
+    return cfg.n_layers * sum(min(r, min(m, n) // 2) + m for m, n in shapes)
+
+
+def test_tiny_config_end_to_end(tmp_path):
+    sets = tiny_overrides(tmp_path)
+    summary = train.main([TINY_CONFIG, *sets])
+    run = tmp_path / "runs/tiny_math"
+    exp = load_experiment(TINY_CONFIG, [s for s in sets if s != "--set"])
+    assert load_experiment(run / "config.yaml") == exp  # the resolved config round-trips
+
+    probe = json.loads((run / "probe.json").read_text())
+    assert len(probe["example_indices"]) == 8 == len(set(probe["example_indices"]))  # one optimizer batch
+    assert probe["micro_batches"] == 2 and probe["niter"] == 4
+
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss" in r]
+    vals = [r for r in lines if "val_loss" in r]
+    # 48 examples / 8 = 6 steps per epoch, 2 epochs; logged every 2 steps and at each validation
+    assert [r["step"] for r in steps] == [2, 3, 4, 6, 8, 9, 10, 12]
+    assert [r["step"] for r in vals] == [3, 6, 9, 12]  # val_per_epoch = 2
+    assert all(math.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in steps)
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert lines[0]["lr"] > 0 and steps[-1]["lr"] < steps[1]["lr"]  # warmup then cosine decay
+
+    best = min(vals, key=lambda r: r["val_loss"])
+    assert summary["best_val_loss"] == best["val_loss"] and summary["best_step"] == best["step"]
+    assert summary["trainable_params"] == _giva_count(load_config(tmp_path / "ckpt"), r=8)
+    assert 0 < summary["train_time_s"] and summary["train_tokens"] > 0
+    assert json.loads((run / "summary.json").read_text()) == summary
+
+    bases = SafetensorsFile(run / "adapter.safetensors").keys()
+    vectors, _ = load_safetensors(run / "last.safetensors")
+    assert any(k.endswith("giva_A") for k in bases) and any(k.endswith("giva_B") for k in bases)
+    assert set(vectors) == set(SafetensorsFile(run / "best.safetensors").keys())
+    assert all("lambda" in k for k in vectors)  # vectors only: the bases are stored once
+    lambda_o = [v for k, v in vectors.items() if k.endswith("lambda_o")]
+    assert lambda_o and all(v.abs().sum() > 0 for v in lambda_o)  # initialised to 0, trained away from it
+
+    metrics = eval_script.main(["--task", "gsm8k", "--run", str(run), "--limit", "6"])
+    records = [json.loads(line) for line in (run / "gsm8k_predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and metrics["total"] == 6
+    assert set(records[0]) >= {"prompt", "generation", "prediction", "target", "correct"}
+    assert records[0]["prompt"].startswith("Q: ") and records[0]["prompt"].endswith("\nA: ")
+    assert metrics["accuracy"] == sum(r["correct"] for r in records) / 6
+    assert json.loads((run / "gsm8k_predictions.jsonl.metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = CausalLMTask.loss
+
+    def loss_going_nan(self, model, batch):
+        total, n = real_loss(self, model, batch)
+        calls["n"] += 1 if torch.is_grad_enabled() else 0
+        return (total * math.nan if calls["n"] > 2 + 2 * 4 else total), n  # the probe's 2, then 2 per step
+
+    monkeypatch.setattr(CausalLMTask, "loss", loss_going_nan)
+    with pytest.raises(train.TrainingDiverged, match=r"non-finite training loss at optimizer step 5.*step 3"):
+        train.main([TINY_CONFIG, *tiny_overrides(tmp_path)])
+    run = tmp_path / "runs/tiny_math"
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["vectors"].values())
+    assert not (run / "summary.json").exists()

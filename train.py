@@ -1,0 +1,404 @@
+"""Fine-tune a pretrained model with GiVA (or a baseline) from one YAML experiment file.
+
+    python train.py configs/olmo2_metamath.yaml                         # the paper's MetaMathQA run
+    python train.py configs/olmo2_metamath.yaml --set adapter.method=vera --set adapter.r=512
+    python train.py configs/olmo2_metamath.yaml --set model.path=DIR --dry-run   # parameter table only
+    python train.py configs/tiny_math.yaml                              # CPU smoke run, under a minute
+    python train.py configs/tiny_math.yaml --resume                     # continue a killed run
+
+Order: config -> load -> probe -> bases -> inject -> vectors-only AdamW loop -> run directory.
+
+The run directory out_dir/name/ holds (every file written atomically):
+    config.yaml            the resolved config
+    probe.json             which training examples the probe used, its seed, q and niter
+    adapter.safetensors    the adapter right after injection: frozen bases (stored once) + initial vectors
+    best.safetensors       the trained tensors at the best validation loss (no bases)
+    last.safetensors       the trained tensors at the end (no bases)
+    state.pt               resumable state: vectors, optimizer, step (= data position and schedule), RNG
+    metrics.jsonl          one JSON line per logged step and per validation
+    summary.json           training time excluding validation, parameters, best validation loss, ...
+
+--resume reloads the bases and state.pt and continues; the data order is a pure function of
+(train.seed, epoch), so a resumed run reaches exactly the vectors of an uninterrupted one (bitwise on CPU).
+"""
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+import giva
+from data import load_tokenizer
+from data.synthetic_math import ensure_synthetic_files
+from data.tasks import TASKS
+from experiment import ConfigError, load_experiment
+from models import Decoder, load_config, load_model, write_random_checkpoint
+from models.safetensors_io import atomic_file
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ---- model kinds: how to load a model and its tokenizer, and how to build it on the meta device ----
+
+def _load_decoder(path, dtype, device):
+    return load_model(path, dtype=dtype, device=device), load_tokenizer(path)
+
+
+def _meta_decoder(path):
+    cfg = load_config(path)
+    with torch.device("meta"):
+        return Decoder(cfg)
+
+
+MODEL_KINDS = {"decoder": (_load_decoder, _meta_decoder)}
+
+
+# ---- setup ----
+
+def adapter_config(exp) -> giva.AdapterConfig:
+    a, p = exp.adapter, exp.probe
+    return giva.AdapterConfig(method=a.method, r=a.r, targets=a.targets, init=a.init, alpha=a.alpha,
+                              use_rslora=a.use_rslora, randlora_sqrt_n=a.randlora_sqrt_n,
+                              d_initial=a.d_initial, dropout=a.dropout, seed=p.seed, svd_q=p.q, svd_niter=p.niter)
+
+
+def device_and_dtypes(exp):
+    """(device, weight dtype, autocast context factory): the one place precision is decided."""
+    name = exp.train.device
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    on_cuda = device.type == "cuda"
+    if not on_cuda and exp.train.cpu_threads:
+        torch.set_num_threads(exp.train.cpu_threads)
+    dtype = {"auto": torch.bfloat16 if on_cuda else torch.float32,
+             "float32": torch.float32, "bfloat16": torch.bfloat16}[exp.model.dtype]
+    if on_cuda:
+        return device, dtype, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return device, dtype, contextlib.nullcontext
+
+
+def ensure_inputs(exp):
+    """Write the tiny random checkpoint and synthetic data a smoke config asks for, on first use."""
+    if exp.model.random_init is not None and not (Path(exp.model.path) / "config.json").is_file():
+        write_random_checkpoint(exp.model.path, **exp.model.random_init)
+    if exp.data.synthetic:
+        ensure_synthetic_files(exp.data.path, exp.eval.path, exp.data.synthetic)
+
+
+def dry_run(exp, acfg):
+    """Build on the meta device from config.json alone, inject, print the table and a JSON line last."""
+    model = MODEL_KINDS[exp.model.kind][1](exp.model.path)
+    giva.apply_adapters(model, acfg)
+    print(giva.parameter_table(model))
+    counts = giva.count_parameters(model)
+    print(json.dumps({"trainable_params": counts["trainable"], "total_params": counts["total"],
+                      "trainable_percent": 100.0 * counts["trainable"] / counts["total"]}))
+
+
+def probe_batches(exp, task):
+    """The probe's micro-batches: random training examples drawn with probe.seed (recorded in probe.json)."""
+    t = exp.train
+    n_micro = exp.probe.micro_batches or t.batch_size // t.micro_batch_size
+    gen = torch.Generator().manual_seed(exp.probe.seed)
+    picks = torch.randperm(len(task.train), generator=gen)[:n_micro * t.micro_batch_size].tolist()
+    chunks = [picks[i:i + t.micro_batch_size] for i in range(0, len(picks), t.micro_batch_size)]
+    return picks, [task.collate([task.train[i] for i in c]) for c in chunks]
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def lr_factor(step, total, warmup, schedule):
+    """HF's schedulers, stepped per optimizer step: optimizer step `step` (from 0) uses lr * lr_factor."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def trainable_named(model):
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+# ---- the run directory ----
+
+def prepare_run_dir(exp, resume: bool) -> tuple[Path, bool]:
+    """(run directory, whether there is a state to resume from). A run killed before its first
+    checkpoint has nothing to resume, so --resume then starts it again from the beginning."""
+    run = exp.run_dir()
+    resolved = exp.to_dict()
+    if resume and (run / "config.yaml").is_file():
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        diff = _config_diff(saved, resolved, ignore={("train", "max_steps_this_invocation")})
+        if diff:
+            raise ConfigError(f"{run}/config.yaml differs from this config at {', '.join(diff)}: "
+                              f"resume with the same config (or start a new train.name)")
+        if (run / "state.pt").is_file():
+            return run, True
+    elif (run / "config.yaml").exists():
+        raise FileExistsError(f"{run} already holds a run: pass --resume, delete it, or set another train.name")
+    with atomic_file(run / "config.yaml", "w") as f:
+        yaml.safe_dump(resolved, f, sort_keys=False)
+    return run, False
+
+
+def _config_diff(a, b, ignore):
+    return [f"{s}.{k}" for s in b for k in b[s] if (s, k) not in ignore and a.get(s, {}).get(k) != b[s][k]]
+
+
+def save_state(run, model, optimizer, progress):
+    state = {"vectors": {n: p.detach().cpu() for n, p in trainable_named(model)},
+             "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **progress}
+    with atomic_file(run / "state.pt") as f:
+        torch.save(state, f)
+
+
+def load_state(run, model, optimizer, device) -> dict:
+    state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
+    params = dict(trainable_named(model))
+    if set(params) != set(state["vectors"]):
+        raise ValueError(f"{run}/state.pt: its trained tensors do not match the model's adapter tensors")
+    with torch.no_grad():
+        for name, value in state.pop("vectors").items():
+            params[name].copy_(value.to(device))
+    optimizer.load_state_dict(state.pop("optimizer"))
+    torch.set_rng_state(state.pop("rng_cpu"))
+    rng_cuda = state.pop("rng_cuda")
+    if rng_cuda:
+        torch.cuda.set_rng_state_all(rng_cuda)
+    return state
+
+
+class Metrics:
+    """metrics.jsonl, cut back on resume to the lines the checkpoint had seen."""
+
+    def __init__(self, path: Path, keep_lines: int | None):
+        self.path = path
+        lines = path.read_text().splitlines(keepends=True)[:keep_lines] if keep_lines is not None else []
+        with atomic_file(path, "w") as f:
+            f.writelines(lines)
+        self.lines = len(lines)
+
+    def write(self, record: dict):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.lines += 1
+
+
+# ---- the loop ----
+
+@torch.no_grad()
+def validation_loss(model, task, device, autocast, micro_batch_size) -> float:
+    model.eval()
+    total, count = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
+    for s in range(0, len(task.val), micro_batch_size):
+        batch = to_device(task.collate([task.val[i] for i in range(s, min(s + micro_batch_size, len(task.val)))]), device)
+        with autocast():
+            loss_sum, n = task.loss(model, batch)
+        total += loss_sum.float()
+        count += n
+    model.train()
+    return (total / count.clamp(min=1)).item()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (parsed as YAML); repeatable")
+    parser.add_argument("--dry-run", action="store_true", help="build on the meta device and print parameter counts")
+    parser.add_argument("--resume", action="store_true", help="continue the run in out_dir/name from state.pt")
+    args = parser.parse_args(argv)
+
+    # 1. Config.
+    exp = load_experiment(args.config, args.set)
+    acfg = adapter_config(exp)
+    t = exp.train
+    if args.dry_run:
+        return dry_run(exp, acfg)
+    run, resuming = prepare_run_dir(exp, args.resume)
+    device, dtype, autocast = device_and_dtypes(exp)
+    torch.manual_seed(t.seed)
+
+    # 2. Load the checkpoint and the data.
+    ensure_inputs(exp)
+    model, tok = MODEL_KINDS[exp.model.kind][0](exp.model.path, dtype, device)
+    task = TASKS[exp.data.task](exp, tok, exp.model.path)
+    model.train()
+
+    # 3-5. Probe -> bases -> inject; on resume the bases come back from the adapter file instead.
+    if resuming:
+        giva.load_adapter(model, run / "adapter.safetensors")
+    else:
+        indices, batches = probe_batches(exp, task)
+        grads = giva.estimate_gradients(model, [to_device(b, device) for b in batches],
+                                        _probe_loss(task, autocast), targets=acfg.targets,
+                                        offload_to_cpu=exp.probe.offload_to_cpu)
+        giva.apply_adapters(model, acfg, grads=grads)
+        del grads
+        giva.save_adapter(model, run / "adapter.safetensors", include_bases=True)
+        with atomic_file(run / "probe.json", "w") as f:
+            json.dump({"example_indices": indices, "seed": exp.probe.seed, "q": exp.probe.q,
+                       "niter": exp.probe.niter, "micro_batches": len(batches)}, f)
+    print(giva.parameter_table(model))
+
+    # 6. Vectors-only AdamW.
+    params = giva.adapter_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    giva.check_optimizer(optimizer, model)  # the optimizer holds the adapter tensors and nothing else
+    counts = giva.count_parameters(model)
+
+    steps_per_epoch = math.ceil(len(task.train) / t.batch_size)
+    total_steps = steps_per_epoch * t.epochs if not t.max_steps else min(t.max_steps, steps_per_epoch * t.epochs)
+    warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total_steps)
+    val_steps = {round(steps_per_epoch * (e + k / t.val_per_epoch))
+                 for e in range(t.epochs) for k in range(1, t.val_per_epoch + 1)}
+    val_steps = {min(s, total_steps) for s in val_steps if s > 0} | {total_steps}
+
+    progress = {"step": 0, "best_val_loss": math.inf, "best_step": 0, "train_time_s": 0.0, "tokens": 0,
+                "metrics_lines": 0}
+    if resuming:
+        progress.update(load_state(run, model, optimizer, device))
+    metrics = Metrics(run / "metrics.jsonl", progress["metrics_lines"] if resuming else None)
+    if hasattr(task, "evaluate") and not resuming:
+        before = {f"val_{k}_before": v for k, v in task.evaluate(model, task.val).items()}
+        metrics.write({"step": 0, **before})
+        progress.update(before)
+
+    stop_at = total_steps if not t.max_steps_this_invocation else min(
+        total_steps, progress["step"] + t.max_steps_this_invocation)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = tqdm(total=total_steps, initial=progress["step"], desc=t.name, dynamic_ncols=True)
+    window_loss = torch.zeros((), device=device)
+    window_n = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    window_tokens, window_start = 0, time.perf_counter()
+    perm, perm_epoch = None, -1
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def check_finite():
+        bad = first_bad.item()
+        if bad >= 0:
+            raise TrainingDiverged(f"non-finite training loss at optimizer step {bad + 1}; stopped. The last "
+                                   f"good checkpoint (step {progress['step_saved']}) is kept in {run}")
+
+    progress.setdefault("step_saved", progress["step"])
+    while progress["step"] < stop_at:
+        step = progress["step"]
+        epoch, j = divmod(step, steps_per_epoch)
+        if epoch != perm_epoch:  # the data order is a pure function of (seed, epoch): resumable anywhere
+            perm = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(t.seed * 1000 + epoch))
+            perm_epoch = epoch
+        picks = perm[j * t.batch_size:(j + 1) * t.batch_size].tolist()
+        step_loss = torch.zeros((), device=device)
+        step_n = torch.zeros((), device=device, dtype=torch.long)
+        for m in range(0, len(picks), t.micro_batch_size):
+            cpu_batch = task.collate([task.train[i] for i in picks[m:m + t.micro_batch_size]])
+            window_tokens += int(cpu_batch["pad_mask"].sum()) if "pad_mask" in cpu_batch else cpu_batch["input_ids"].numel()
+            with autocast():
+                loss_sum, n = task.loss(model, to_device(cpu_batch, device))
+            loss_sum.backward()  # sum of token losses: normalised below by the whole batch's target count
+            step_loss += loss_sum.detach().float()
+            step_n += n
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(step_n.clamp(min=1))
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        lr = t.lr * lr_factor(step, total_steps, warmup, t.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(step_loss), step, first_bad)
+        window_loss += step_loss
+        window_n += step_n
+        progress["step"] = step = step + 1
+        bar.update(1)
+
+        if step % t.log_every == 0 or step in val_steps or step == stop_at:
+            sync()
+            now = time.perf_counter()
+            progress["train_time_s"] += now - window_start
+            progress["tokens"] += window_tokens
+            check_finite()
+            record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr,
+                      "loss": (window_loss / window_n.clamp(min=1)).item(),
+                      "tokens_per_s": window_tokens / max(now - window_start, 1e-9)}
+            if device.type == "cuda":
+                record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            metrics.write(record)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "epoch")})
+            window_loss.zero_(), window_n.zero_()
+            window_tokens = 0
+
+            if step in val_steps:
+                val = validation_loss(model, task, device, autocast, t.micro_batch_size)
+                if not math.isfinite(val):
+                    raise TrainingDiverged(f"non-finite validation loss at step {step}; the last good checkpoint "
+                                           f"(step {progress['step_saved']}) is kept in {run}")
+                metrics.write({"step": step, "val_loss": val})
+                if val < progress["best_val_loss"]:
+                    progress.update(best_val_loss=val, best_step=step)
+                    giva.save_adapter(model, run / "best.safetensors", include_bases=False)
+            if step in val_steps or step == stop_at:
+                progress.update(metrics_lines=metrics.lines, step_saved=step)
+                save_state(run, model, optimizer, progress)
+            window_start = time.perf_counter()
+    bar.close()
+    if progress["step"] < total_steps:
+        print(f"stopped after step {progress['step']} of {total_steps} (train.max_steps_this_invocation); "
+              f"continue with --resume")
+        return progress
+
+    # 7. The end of the run.
+    giva.save_adapter(model, run / "last.safetensors", include_bases=False)
+    summary = {"name": t.name, "steps": total_steps, "trainable_params": counts["trainable"],
+               "total_params": counts["total"],
+               "best_val_loss": progress["best_val_loss"], "best_step": progress["best_step"],
+               "train_time_s": progress["train_time_s"], "train_tokens": progress["tokens"],
+               "tokens_per_s": progress["tokens"] / max(progress["train_time_s"], 1e-9)}
+    if device.type == "cuda":
+        summary["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if hasattr(task, "evaluate"):
+        after = {f"val_{k}_after": v for k, v in task.evaluate(model, task.val).items()}
+        metrics.write({"step": total_steps, **after})
+        summary.update({k: v for k, v in progress.items() if k.endswith("_before")}, **after)
+    with atomic_file(run / "summary.json", "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps(summary))
+    return summary
+
+
+def _probe_loss(task, autocast):
+    """(mean token loss, n targets) per micro-batch: the probe then weights the micro-batches by their
+    target counts, the same token normalisation as the training step."""
+    def loss_fn(model, batch):
+        with autocast():
+            loss_sum, n = task.loss(model, batch)
+        return loss_sum / n.clamp(min=1), n.item()
+    return loss_fn
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, TrainingDiverged, FileExistsError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
