@@ -171,12 +171,16 @@ def test_mistral_reproduces_mistral_common_reference_sample(shared_data, tmp_pat
 
 
 @pytest.fixture
-def qwen2(shared_data, tmp_path):
+def qwen2_dir(shared_data, tmp_path):
     src = shared_data / "tokenizers/qwen2"
     names = ["vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json",
              "generation_config.json"]
-    links = {n: src / n for n in names} | {"config.json": src / "config_qwen2-1.5b-instruct.json"}
-    return load_tokenizer(checkpoint_dir(tmp_path, links))
+    return checkpoint_dir(tmp_path, {n: src / n for n in names} | {"config.json": src / "config_qwen2-1.5b-instruct.json"})
+
+
+@pytest.fixture
+def qwen2(qwen2_dir):
+    return load_tokenizer(qwen2_dir)
 
 
 def test_qwen2_reproduces_llama_cpp_reference_lists(qwen2, shared_data):
@@ -189,6 +193,15 @@ def test_qwen2_special_ids_and_chat_markup(qwen2):
     text = "<|im_start|>user\nHello<|im_end|>\n"
     assert qwen2.encode(text) == [151644] + qwen2.encode("user\nHello") + [151645] + qwen2.encode("\n")
     assert qwen2.decode(qwen2.encode(text)) == text
+
+
+def test_qwen2_matches_transformers_on_gsm8k(qwen2, qwen2_dir, shared_data):
+    transformers = pytest.importorskip("transformers")
+    oracle = transformers.AutoTokenizer.from_pretrained(str(qwen2_dir))
+    rows = [json.loads(line) for line in (shared_data / "gsm8k/test.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts = [r["question"] for r in rows] + ["<|im_start|>user\n  ünïcödé café 12345<|im_end|>\n"]
+    mismatches = [t for t in texts if qwen2.encode(t) != oracle.encode(t, add_special_tokens=False)]
+    assert not mismatches, mismatches[:3]
 
 
 def test_gpt2_reproduces_llama_cpp_reference_lists_with_the_gguf_vocabulary(shared_data, tmp_path):
