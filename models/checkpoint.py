@@ -12,6 +12,7 @@ mis-shaped tensor is an error naming the file and key, checked from the headers 
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ def load_config(path):
 
 # --- key mapping ------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=None)
 def _template_regex(template: str) -> re.Pattern:
     return re.compile("^" + re.escape(template).replace(r"\{\}", r"(\d+)") + "$")
 
@@ -160,12 +162,10 @@ def fill_model(model: nn.Module, sources: dict, table: dict, dtype, device, wher
     that also stores the alias must hold the same values.
     """
     params = dict(model.named_parameters())  # first names only
-    aliases = {}  # alias name -> first name, for shared parameters
-    for name, p in model.named_parameters(remove_duplicate=False):
-        first = next(n for n, q in params.items() if q is p)
-        if name != first:
-            aliases[name] = first
-    plan = {}  # our name -> (source, dim-0 offset, is_alias)
+    first_name = {id(p): n for n, p in params.items()}
+    aliases = {n: first_name[id(p)] for n, p in model.named_parameters(remove_duplicate=False)
+               if n != first_name[id(p)]}  # alias -> first name, for shared parameters
+    plan = {}  # our name -> (source, checkpoint key, dim-0 offset of this part)
     for key, src in sources.items():
         names = map_key(key, table, src.file)
         sizes = []
@@ -191,8 +191,7 @@ def fill_model(model: nn.Module, sources: dict, table: dict, dtype, device, wher
                          f"'{key}' (for parameter '{missing[0]}'; {len(missing)} parameters missing in all)")
     for name, p in params.items():
         src, key, offset = plan[name]
-        data = src.read().narrow(0, offset, p.shape[0]) if p.dim() else src.read()
-        value = data.to(device=device, dtype=dtype, copy=True)
+        value = src.read().narrow(0, offset, p.shape[0]).to(device=device, dtype=dtype, copy=True)
         _set_parameter(model, name, nn.Parameter(value, requires_grad=p.requires_grad))
     for alias, first in aliases.items():
         shared = model.get_parameter(first)

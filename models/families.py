@@ -93,6 +93,12 @@ def decoder_config(raw: dict, file, facts: DecoderFacts) -> DecoderConfig:
                              f"{n_layers}) is not supported")
     else:
         window = None
+    layer_types = set(raw.get("layer_types") or [])  # transformers 5 writes the per-layer outcome too
+    if layer_types - {"full_attention", "sliding_attention"} or len(layer_types) > 1:
+        raise ValueError(f"{file}: layer_types {sorted(layer_types)} are not supported (all layers must be "
+                         f"'full_attention', or all 'sliding_attention')")
+    if layer_types and (layer_types == {"sliding_attention"}) != (window is not None):
+        raise ValueError(f"{file}: layer_types {sorted(layer_types)} contradict sliding_window={window}")
     return DecoderConfig(
         vocab_size=_field(raw, "vocab_size", file, required=True),
         dim=dim,

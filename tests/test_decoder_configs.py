@@ -56,3 +56,15 @@ def test_qwen2_window_on_some_layers_only_is_an_error(tmp_path):
                num_attention_heads=4, use_sliding_window=True, sliding_window=16, max_window_layers=2)
     with pytest.raises(ValueError, match=r"config\.json: sliding window on only some layers \(max_window_layers=2"):
         load_config(_write(tmp_path, raw))
+
+
+@pytest.mark.parametrize("layer_types, match", [
+    (["full_attention", "sliding_attention"], r"layer_types \['full_attention', 'sliding_attention'\] are not supported"),
+    (["chunked_attention", "chunked_attention"], r"layer_types \['chunked_attention'\] are not supported"),
+    (["full_attention", "full_attention"], r"layer_types \['full_attention'\] contradict sliding_window=16"),
+])
+def test_layer_types_must_agree_with_one_window_for_all_layers(tmp_path, layer_types, match):
+    raw = dict(model_type="mistral", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, sliding_window=16, layer_types=layer_types)
+    with pytest.raises(ValueError, match=match):
+        load_config(_write(tmp_path, raw))

@@ -24,6 +24,7 @@ CASES = {
                                          num_key_value_heads=4)),
     "mistral": ("MistralConfig", dict(sliding_window=5)),
     "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
+    "qwen2_window": ("Qwen2Config", dict(use_sliding_window=True, sliding_window=5, max_window_layers=0)),
     "phi3": ("Phi3Config", dict(sliding_window=5, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                    "partial_rotary_factor": 0.5})),
     "olmo2": ("Olmo2Config", dict()),
