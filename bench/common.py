@@ -224,14 +224,6 @@ def hf_peft(model, method: str, r: int):
     if method == "full":
         model.requires_grad_(True)
         return model
-
-
-def set_our_checkpointing(model, enabled: bool) -> str | None:
-    """Turn our Decoder's activation checkpointing on or off; the reason it cannot be, if it lacks the switch."""
-    if not hasattr(model, "set_activation_checkpointing"):
-        return "Decoder has no set_activation_checkpointing" if enabled else None
-    model.set_activation_checkpointing(enabled)
-    return None
     from peft import LoraConfig, RandLoraConfig, VeraConfig, get_peft_model
 
     configs = {
@@ -309,6 +301,14 @@ def our_random_model(shape: Shape, device: torch.device, dtype: torch.dtype, wor
             else:
                 p.normal_(0.0, 0.02)
     return model
+
+
+def set_our_checkpointing(model, enabled: bool) -> str | None:
+    """Turn our Decoder's activation checkpointing on or off; the reason it cannot be, if it lacks the switch."""
+    if not hasattr(model, "set_activation_checkpointing"):
+        return "Decoder has no set_activation_checkpointing" if enabled else None
+    model.set_activation_checkpointing(enabled)
+    return None
 
 
 def set_our_checkpointing(model, enabled: bool) -> str | None:

@@ -158,6 +158,34 @@ def with_mfu(rec: dict, shape, method: str, rate: float) -> dict:
     return rec
 
 
+def issue_targets(results: dict) -> list[dict]:
+    """The issue's targets (ratios within this run), each with the measured value; those whose
+    configurations were not measured are left out."""
+    checks = []
+
+    def tok(shape, key, hf=False):
+        rec = results.get(shape, {}).get(key, {})
+        rec = rec.get("hf", {}) if hf else rec
+        return rec.get("tokens_per_s"), rec.get("peak_gib")
+
+    for ac in ("", "_ac"):
+        (g, g_mem), (h, h_mem) = tok("olmo2-7b", "giva_r64" + ac), tok("olmo2-7b", "giva_r64" + ac, hf=True)
+        if g and h:
+            checks.append({"target": f"olmo2-7b giva_r64{ac} >= 1.5x HF lora_r32{ac} tokens/s",
+                           "value": g / h, "met": g / h >= 1.5})
+        if g_mem is not None and h_mem is not None:
+            limit = min(h_mem, 20.7) if ac else h_mem
+            checks.append({"target": f"olmo2-7b giva_r64{ac} peak GiB <= {'min(HF, 20.7)' if ac else 'HF'}",
+                           "value": g_mem, "limit": limit, "met": g_mem <= limit})
+    for shape, peer, limit in [("qwen2-0.5b", "lora_r32", 1.05), ("olmo2-7b", "lora_r32", 1.05),
+                               ("qwen2-0.5b", "vera_r1024", 0.6)]:
+        (g, _), (o, _) = tok(shape, "giva_r64"), tok(shape, peer)
+        if g and o:
+            checks.append({"target": f"{shape} our giva_r64 step time <= {limit}x our {peer}",
+                           "value": o / g, "met": o / g <= limit})
+    return checks
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=list(C.SHAPES), help="model shapes (default: all)")
@@ -203,8 +231,12 @@ def main():
         "machine": C.machine_info(device), "bf16_matmul_tflops": rate,
         "flops_per_token": "6N full fine-tuning, 4N adapters (N = projection + lm_head parameters)",
         "batch": {s.name: [s.batch, s.seq] for s in shapes}, "results": results,
+        "issue_targets": issue_targets(results),
     })
-    print(f"wrote {out}\n")
+    print(f"wrote {out}")
+    for check in issue_targets(results):
+        print(f"{'MET ' if check['met'] else 'MISS'}  {check['target']}: {check['value']:.2f}")
+    print()
     rows = []
     for shape_name, recs in results.items():
         for key, rec in recs.items():

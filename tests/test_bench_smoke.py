@@ -1,0 +1,83 @@
+"""The GPU benchmarks run end to end in their --smoke mode (tiny shapes, CPU), so the lead's one GPU call
+does not fail on a bug a CPU could have caught; and what they report is checked where the CPU can check it:
+both sides train the same number of adapter parameters, both probes see the same targets, svd_lowrank
+recovers the top subspaces, and our generation from HF's own weights (fp32 on CPU) equals HF `generate`.
+
+The three scripts start together in subprocesses (they spend most of their time importing), and each test
+waits for its own.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from conftest import REPO
+
+SCRIPTS = {
+    # train_step: the Qwen2 shape (GQA, q/k/v bias, tied embeddings); the other two cover OLMo-2
+    "train_step": ["--shapes", "qwen2-0.5b"],
+    "probe": [],
+    "generate": [],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    procs = {}
+    for name, extra in SCRIPTS.items():
+        cmd = [sys.executable, str(REPO / "bench" / f"{name}.py"), "--smoke", "--out", str(out / f"{name}.json"),
+               *extra]
+        procs[name] = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    yield {name: (proc, out / f"{name}.json") for name, proc in procs.items()}
+    for proc in procs.values():
+        proc.kill()
+
+
+def finished(runs, name) -> dict:
+    proc, path = runs[name]
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, f"bench/{name}.py --smoke failed:\n{log[-4000:]}"
+    assert log.rstrip().splitlines()[-1].startswith("| "), f"bench/{name}.py must print its table last:\n{log[-2000:]}"
+    return json.loads(path.read_text())
+
+
+def test_train_step_smoke(runs):
+    res = finished(runs, "train_step")["results"]["qwen2-tiny"]
+    for key in ("giva_r8", "lora_r4", "vera_r32", "osora_r16", "randlora_r8", "full"):
+        rec = res[key]
+        assert rec["tokens_per_s"] > 0 and rec["hf"]["tokens_per_s"] > 0, key
+        assert "peak_gib" in rec and "peak_gib" in rec["hf"], key
+    # peft and we adapt the same layers with the same shapes: identical trainable counts where the method is shared
+    for key in ("lora_r4", "vera_r32", "randlora_r8", "full"):
+        assert res[key]["trainable"] == res[key]["hf"]["trainable"], key
+    # GiVA trains r' + m per layer (methods.md 2.8); SecSV caps r' = min(r, min(m, n) // 2) = 8 on every layer
+    # here: q (64, 64), k and v (32, 64), up (128, 64), down (64, 128), two layers
+    assert res["giva_r8"]["trainable"] == 2 * sum(8 + m for m in (64, 32, 32, 128, 64))
+
+
+def test_probe_smoke(runs):
+    data = finished(runs, "probe")
+    rec = data["results"]["olmo2-tiny"]["probe_svd"]
+    assert rec["n_targets"] == rec["hf"]["n_targets"] == 5 * 2
+    assert rec["probe_s"] > 0 and rec["svd_s"] > 0 and rec["hf"]["probe_s"] > 0
+    for name, acc in data["svd_lowrank_accuracy"].items():
+        # q = 4r, 4 power iterations: the top-r subspaces of a 64 x 64 or 128 x 64 gradient are recovered
+        assert acc["A"]["projector_dist"] < 0.05 and acc["B_topsv"]["projector_dist"] < 0.05, name
+        assert acc["top_r_sigma_rel_err"] < 1e-3, name
+
+
+def test_generate_smoke(runs):
+    res = finished(runs, "generate")["results"]["olmo2-tiny"]
+    for key in ("greedy_b4", "beam4_b2"):
+        rec = res[key]
+        assert rec["new_tokens"] == rec["hf"]["new_tokens"] == int(key.rsplit("_b", 1)[1]) * 8, key
+        # same weights (shared tensors), fp32 on CPU: our decoding must equal HF's token for token
+        assert rec["agreement"]["identical_rows"] == 1.0, key
+        assert 0 < rec["fraction_of_roofline"]["weights_only"] < 1, key
