@@ -22,7 +22,7 @@ CASES = {
     "llama": ("LlamaConfig", dict(attention_bias=True, mlp_bias=True, rope_scaling=ROPE_LLAMA3)),
     "llama_linear": ("LlamaConfig", dict(rope_scaling={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
                                          num_key_value_heads=4)),
-    "mistral": ("MistralConfig", dict(sliding_window=5)),
+    "mistral": ("MistralConfig", dict(sliding_window=5, head_dim=24)),  # head_dim != hidden / heads
     "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
     "qwen2_window": ("Qwen2Config", dict(use_sliding_window=True, sliding_window=5, max_window_layers=0)),
     "phi3": ("Phi3Config", dict(sliding_window=5, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
