@@ -242,6 +242,40 @@ def test_olmo2_tokenizer_json_matches_hf_tokenizers_on_gsm8k(shared_data, tmp_pa
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (None, 100257, 100277)
 
 
+GPT2_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@pytest.mark.parametrize("normalizer, pre_tokenizer", [
+    (None, {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}),
+    ({"type": "NFKC"}, {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}),
+    ({"type": "Sequence", "normalizers": [{"type": "NFC"}]}, {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"String": " "}, "behavior": "Removed", "invert": False},
+        {"type": "Split", "pattern": {"Regex": GPT2_REGEX}, "behavior": "Removed", "invert": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}),
+])
+def test_tokenizer_json_pre_tokenizer_variants_match_hf_tokenizers(shared_data, tmp_path, normalizer, pre_tokenizer):
+    """Split behaviours, ByteLevel's own regex and prefix space, normaliser forms: RoBERTa's vocabulary and
+    merges written as a tokenizer.json with each pre-tokenizer, checked against HF `tokenizers`."""
+    tokenizers = pytest.importorskip("tokenizers")
+    src = shared_data / "tokenizers/roberta"
+    merges = (src / "merges_from_gguf.txt").read_text(encoding="utf-8").splitlines()[1:]
+    spec = {"version": "1.0", "truncation": None, "padding": None, "normalizer": normalizer,
+            "pre_tokenizer": pre_tokenizer, "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "added_tokens": [{"id": 50264, "content": "<mask>", "single_word": False, "lstrip": True, "rstrip": False,
+                              "normalized": False, "special": True}],
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                      "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                      "vocab": json.loads((src / "vocab.json").read_text(encoding="utf-8")), "merges": merges}}
+    root = checkpoint_dir(tmp_path, files={"tokenizer.json": spec})
+    tok, oracle = load_tokenizer(root), tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
+    texts = [t for t, _ in llama_cpp_cases(shared_data, "roberta-bpe")] + ["Fill the <mask> in 12 ｆｕｌｌ-width ﬁ words"]
+    mismatches = [t for t in texts if tok.encode(t) != oracle.encode(t, add_special_tokens=False).ids]
+    assert not mismatches, mismatches[:3]
+
+
 def test_tiny_random_checkpoint_tokenizer(tmp_path):
     from models.random_checkpoint import BOS_ID, EOS_ID, PAD_ID, write_tokenizer
 
