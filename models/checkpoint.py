@@ -48,20 +48,25 @@ def load_config(path):
 
 # --- key mapping ------------------------------------------------------------------------------------
 
+def _names(target) -> tuple:
+    return () if target is None else target if isinstance(target, tuple) else (target,)
+
+
 @lru_cache(maxsize=None)
 def _template_regex(template: str) -> re.Pattern:
     return re.compile("^" + re.escape(template).replace(r"\{\}", r"(\d+)") + "$")
 
 
 def map_key(key: str, table: dict, file="checkpoint") -> tuple:
-    """Our parameter name(s) for checkpoint `key` through `table` ({template: name or tuple of names}).
+    """Our parameter name(s) for checkpoint `key` through `table` ({template: name, tuple of names or None}).
 
-    One name for a plain tensor; several for a fused tensor split along dim 0. Raises naming the key.
+    One name for a plain tensor; several for a fused tensor split along dim 0; none for a tensor the
+    table knows and deliberately leaves unused (None). Raises naming the key when the table lacks it.
     """
     for template, target in table.items():
         m = _template_regex(template).match(key)
         if m:
-            names = target if isinstance(target, tuple) else (target,)
+            names = _names(target)
             return tuple(n.replace("{}", m.group(1)) if m.groups() else n for n in names)
     raise ValueError(f"{file}: unexpected tensor '{key}' (no entry in the key table)")
 
@@ -69,7 +74,7 @@ def map_key(key: str, table: dict, file="checkpoint") -> tuple:
 def inverse_key(name: str, table: dict) -> tuple[str, int]:
     """(checkpoint key, part index) holding our parameter `name`; part > 0 only inside fused tensors."""
     for template, target in table.items():
-        names = target if isinstance(target, tuple) else (target,)
+        names = _names(target)
         for part, n in enumerate(names):
             m = _template_regex(n).match(name)
             if m:
@@ -168,6 +173,8 @@ def fill_model(model: nn.Module, sources: dict, table: dict, dtype, device, wher
     plan = {}  # our name -> (source, checkpoint key, dim-0 offset of this part)
     for key, src in sources.items():
         names = map_key(key, table, src.file)
+        if not names:  # known and deliberately unused
+            continue
         sizes = []
         for n in names:
             target = params.get(n, params.get(aliases.get(n)))

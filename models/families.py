@@ -9,7 +9,8 @@ A family is one `Family` entry in FAMILIES, found by config.json's `model_type` 
     keys                                        checkpoint key template -> our parameter name template, where
                                                 `{}` stands for a layer index; a tuple of names is a fused
                                                 tensor split along dim 0 into those parameters, in order,
-                                                by their sizes (Phi-3's qkv_proj and gate_up_proj)
+                                                by their sizes (Phi-3's qkv_proj and gate_up_proj);
+                                                None marks a tensor known and deliberately unused
 
 Decoder families share one converter; their differences are the data in `DecoderFacts`.
 """
@@ -165,6 +166,8 @@ LLAMA_KEYS = {
        for p in ("gate_proj", "up_proj", "down_proj") for w in ("weight", "bias")},
     _LAYER + "input_layernorm.weight": "layers.{}.input_layernorm.weight",
     _LAYER + "post_attention_layernorm.weight": "layers.{}.post_attention_layernorm.weight",
+    # Computed, never loaded; transformers < 4.31 saved it (Llama-2's published shards still hold it).
+    _LAYER + "self_attn.rotary_emb.inv_freq": None,
 }
 
 OLMO2_KEYS = {

@@ -184,3 +184,13 @@ def test_untied_lm_head_missing(ckpt):
     _edit_weights(ckpt, lambda t: t.pop("lm_head.weight"))
     with pytest.raises(ValueError, match=r"missing tensor 'lm_head\.weight'"):
         load_model(ckpt)
+
+
+def test_stored_rotary_inv_freq_is_ignored(ckpt):
+    """Llama-2's published shards hold rotary_emb.inv_freq (saved by transformers < 4.31); it is computed."""
+    with torch.no_grad():
+        reference = load_model(ckpt)(torch.arange(10)[None])
+    _edit_weights(ckpt, lambda t: t.update({f"model.layers.{i}.self_attn.rotary_emb.inv_freq": torch.ones(8)
+                                            for i in range(2)}))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(ckpt)(torch.arange(10)[None]), reference, atol=0, rtol=0)
