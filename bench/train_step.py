@@ -194,11 +194,11 @@ def main():
     p.add_argument("--no-hf", action="store_true", help="skip the HF transformers + peft peer")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=6)
-    p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 warm-up, 2 timed steps (CPU check)")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 warm-up and 1 timed step (CPU check)")
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/train_step[_smoke].json)")
     args = p.parse_args()
     if args.smoke:
-        args.warmup, args.iters = 1, 2
+        args.warmup, args.iters = 1, 1
     device = C.pick_device()
     shapes = C.shapes_for(args.shapes, args.smoke)
     ac_modes = [False] if args.no_ac else [False, True]
