@@ -200,6 +200,13 @@ class Decoder(nn.Module):
         """Recompute the non-persistent buffers on `device` (after building on the meta device)."""
         self.inv_freq = rope_inv_freq(self.cfg, device=device)
 
+    def _apply(self, fn, recurse=True):
+        """Moves and casts (.to, .cuda, .bfloat16) recompute inv_freq in fp32 on its new device: a cast
+        copy would round the rotary frequencies and shift the phases of long positions."""
+        super()._apply(fn, recurse)
+        self.materialize_buffers(self.inv_freq.device)
+        return self
+
     def forward(self, input_ids, positions=None, pad_mask=None, kv_cache=None, cache_start=0):
         """Logits (B, T, V). See forward_hidden for the arguments."""
         return self.lm_head(self.forward_hidden(input_ids, positions, pad_mask, kv_cache, cache_start))

@@ -73,3 +73,11 @@ def test_forward_hidden_feeds_lm_head(mistral):
     ids = torch.randint(0, 259, (1, 6))
     with torch.no_grad():
         torch.testing.assert_close(mistral.lm_head(mistral.forward_hidden(ids)), mistral(ids), atol=0, rtol=0)
+
+
+def test_casting_the_model_keeps_rotary_frequencies_fp32(tmp_path):
+    model = load_model(write_random_checkpoint(tmp_path, family="llama"))
+    exact = model.inv_freq.clone()
+    model.to(torch.bfloat16)
+    assert model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.inv_freq.dtype == torch.float32 and torch.equal(model.inv_freq, exact)
