@@ -175,7 +175,9 @@ def parameter_table(model: nn.Module) -> str:
     """A printable table: trainable parameters per target type and in total, absolute and % of the model."""
     cfg, c = model.adapter_config, count_parameters(model)
     pct = lambda k: f"{100 * k / c['total']:.3f}%"
-    lines = [f"{cfg.method} (r={cfg.r}) on {sum(v[0] for v in c['per_target'].values())} layers",
+    title = ("full fine-tuning: every parameter trains" if cfg.method == "full" else
+             f"{cfg.method} (r={cfg.r}) on {sum(v[0] for v in c['per_target'].values())} layers")
+    lines = [title,
              f"{'target':<16}{'layers':>8}{'trainable':>16}{'% of model':>12}"]
     lines += [f"{t:<16}{k:>8}{n:>16,}{pct(n):>12}" for t, (k, n) in c["per_target"].items()]
     lines.append(f"{'trainable':<24}{c['trainable']:>16,}{pct(c['trainable']):>12}")

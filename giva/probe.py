@@ -12,20 +12,48 @@ together, the same normalisation as gradient accumulation in training.
 
 Deliberate differences from the official estimate_gradient (methods.md 9): exactly K = len(batches)
 batches (no off-by-one), only the target weights' gradients are kept, accumulation is in fp32 whatever
-the weights' dtype. Gradient checkpointing, autocast and position ids are the caller's: they live in the
-model and in loss_fn, so the probe sees the same forward as training.
+the weights' dtype. Autocast and position ids are the caller's (they live in loss_fn), so the probe sees
+the same forward as training. `checkpoint_blocks` names a ModuleList (e.g. "layers") whose blocks are then
+recomputed in the backward pass (non-reentrant activation checkpointing), for long probe batches.
 """
+from contextlib import contextmanager
+from functools import partial
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from giva.inject import find_targets
 
 
-def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *,
-                       offload_to_cpu: bool = False) -> dict[str, torch.Tensor]:
+@contextmanager
+def _checkpointed(model: nn.Module, blocks: str | None):
+    """Every child of model.<blocks> runs under activation checkpointing inside the block."""
+    if blocks is None:
+        yield
+        return
+    container = model.get_submodule(blocks)
+    if not isinstance(container, nn.ModuleList):
+        raise ValueError(f"checkpoint_blocks={blocks!r} is a {type(container).__name__}, not an nn.ModuleList")
+    for block in container:
+        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for block in container:
+            del block.forward  # drops the instance attribute: the class's forward is back
+
+
+def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *, offload_to_cpu: bool = False,
+                       checkpoint_blocks: str | None = None) -> dict[str, torch.Tensor]:
     """{module name: fp32 (out, in) gradient} for every target nn.Linear, averaged over every batch of
     the iterable `batches` (all of them are consumed, in order)."""
     weights = {name: lin.weight for name, lin in find_targets(model, targets).items()}
+    owners = {}
+    for name, w in weights.items():
+        if id(w) in owners:
+            raise ValueError(f"targets {owners[id(w)]} and {name} share one weight (tied): probe only one of them")
+        owners[id(w)] = name
     acc = {name: torch.zeros(w.shape, dtype=torch.float32, device="cpu" if offload_to_cpu else w.device)
            for name, w in weights.items()}
 
@@ -38,6 +66,7 @@ def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *
     requires = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
     handles = []
+    n_batches, weight_sum = 0, 0.0
     try:
         for p, _ in requires:
             p.requires_grad_(False)
@@ -46,15 +75,15 @@ def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *
             w.grad = None
             handles.append(w.register_post_accumulate_grad_hook(accumulate(acc[name])))
         model.train()
-        n_batches, weight_sum = 0, 0.0
-        for batch in batches:
-            out = loss_fn(model, batch)
-            loss, weight = out if isinstance(out, tuple) else (out, 1.0)
-            weight = float(weight)
-            if not torch.isfinite(loss):
-                raise ValueError(f"probe batch {n_batches}: the loss is {loss.item()}")
-            (loss * weight).backward()
-            n_batches, weight_sum = n_batches + 1, weight_sum + weight
+        with _checkpointed(model, checkpoint_blocks):
+            for batch in batches:
+                out = loss_fn(model, batch)
+                loss, weight = out if isinstance(out, tuple) else (out, 1.0)
+                weight = float(weight)
+                if not torch.isfinite(loss):
+                    raise ValueError(f"probe batch {n_batches}: the loss is {loss.item()}")
+                (loss * weight).backward()
+                n_batches, weight_sum = n_batches + 1, weight_sum + weight
     finally:
         for h in handles:
             h.remove()

@@ -87,3 +87,10 @@ def test_bad_inputs_are_clear_errors():
     assert all(p.requires_grad for p in model.parameters())  # restored after the error
     with pytest.raises(ValueError, match="matches no module"):
         estimate_gradients(model, toy_batches(1), lm_loss, ["qkv_proj"])
+
+
+def test_tied_targets_are_an_error():
+    model = ToyLM()
+    model.layers[0].mlp.up_proj.weight = model.layers[1].mlp.up_proj.weight  # tied, as lm_head to embeddings
+    with pytest.raises(ValueError, match="layers.0.mlp.up_proj and layers.1.mlp.up_proj share one weight"):
+        estimate_gradients(model, toy_batches(1), lm_loss, ["up_proj"])
