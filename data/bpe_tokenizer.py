@@ -43,6 +43,8 @@ def bytes_to_unicode() -> dict[int, str]:
 BYTE_TO_CHAR = bytes_to_unicode()
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
 _BYTE_TABLE = [BYTE_TO_CHAR[b] for b in range(256)]
+_CHAR_TO_LATIN1 = {ord(c): b for c, b in CHAR_TO_BYTE.items()}  # str.translate tables: C speed over the vocabulary
+_DROP_BYTE_CHARS = dict.fromkeys(map(ord, CHAR_TO_BYTE))
 
 
 class _WordCache(dict):
@@ -81,8 +83,8 @@ class ByteLevelBPETokenizer(Tokenizer):
         self._id_to_bytes: list[bytes | None] = [None] * self._n_model_ids
         for token, i in vocab.items():
             # A non-byte-level entry (a special token stored in vocab.json) renders as its own text.
-            self._id_to_bytes[i] = (bytes(CHAR_TO_BYTE[c] for c in token)
-                                    if all(c in CHAR_TO_BYTE for c in token) else token.encode())
+            is_byte_level = not token.translate(_DROP_BYTE_CHARS)
+            self._id_to_bytes[i] = token.translate(_CHAR_TO_LATIN1).encode("latin-1") if is_byte_level else token.encode()
 
     def _model_token_id(self, token: str) -> int | None:
         return self.vocab.get(token)
@@ -152,17 +154,14 @@ def _split(pattern, text: str, keep: str) -> list[str]:
 
 def read_merges_txt(path: Path) -> list[tuple[str, str]]:
     """merges.txt: an optional `#version` header line, then one `a b` pair per line."""
-    merges = []
     with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if (line_no == 1 and line.startswith("#version")) or not line:
-                continue
-            pair = line.split(" ")
-            if len(pair) != 2:
-                raise ValueError(f"{path}: line {line_no} is not a merge 'a b': {line!r}")
-            merges.append((pair[0], pair[1]))
-    return merges
+        lines = f.read().split("\n")
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line and not (n == 1 and line.startswith("#version"))]
+    pairs = [line.split(" ") for _, line in numbered]
+    if any(len(pair) != 2 for pair in pairs):
+        n, line = next(numbered[k] for k, pair in enumerate(pairs) if len(pair) != 2)
+        raise ValueError(f"{path}: line {n} is not a merge 'a b': {line!r}")
+    return [(a, b) for a, b in pairs]
 
 
 def read_vocab_json(path: Path) -> dict[str, int]:
