@@ -231,7 +231,6 @@ def main(argv=None):
         return dry_run(exp, acfg)
     run, resuming = prepare_run_dir(exp, args.resume)
     device, dtype, autocast = device_and_dtypes(exp)
-    torch.manual_seed(t.seed)
 
     # 2. Load the checkpoint and the data.
     ensure_inputs(exp)
@@ -270,6 +269,7 @@ def main(argv=None):
 
     progress = {"step": 0, "best_val_loss": math.inf, "best_step": 0, "train_time_s": 0.0, "tokens": 0,
                 "metrics_lines": 0}
+    torch.manual_seed(t.seed)  # dropout's RNG, seeded here so that nothing done in setup shifts it
     if resuming:
         progress.update(load_state(run, model, optimizer, device))
     metrics = Metrics(run / "metrics.jsonl", progress["metrics_lines"] if resuming else None)

@@ -1,0 +1,72 @@
+"""A run interrupted mid-way, by its own step limit or by SIGKILL, and resumed with --resume reaches
+bitwise the same trained vectors, best checkpoint and metrics as an uninterrupted run (CPU, fp32)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from experiment import ConfigError
+from models.safetensors_io import load_safetensors
+from tiny_run import REPO, TINY_CONFIG, tiny_overrides
+
+DROPOUT = {"adapter.dropout": 0.1}  # dropout draws from the global RNG, so its state must be resumed too
+
+
+def _outputs(run):
+    last, _ = load_safetensors(run / "last.safetensors")
+    best, _ = load_safetensors(run / "best.safetensors")
+    metrics = [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+               for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    return last, best, metrics, summary["best_val_loss"], summary["best_step"]
+
+
+def _assert_same(a, b):
+    for x, y in zip(a[:2], b[:2]):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert a[2:] == b[2:]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("whole")
+    train.main([TINY_CONFIG, *tiny_overrides(tmp, DROPOUT)])
+    return tmp, _outputs(tmp / "runs/tiny_math")
+
+
+def test_stopped_twice_and_resumed_matches_bitwise(tmp_path, uninterrupted):
+    data_from, whole = uninterrupted
+    sets = tiny_overrides(tmp_path, {**DROPOUT, "model.path": data_from / "ckpt"})
+    assert train.main([TINY_CONFIG, *sets, "--set", "train.max_steps_this_invocation=4"])["step"] == 4
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train.main([TINY_CONFIG, *sets])
+    with pytest.raises(ConfigError, match="differs from this config at train.lr"):
+        train.main([TINY_CONFIG, *sets, "--set", "train.lr=0.5", "--resume"])
+    assert train.main([TINY_CONFIG, *sets, "--set", "train.max_steps_this_invocation=5", "--resume"])["step"] == 9
+    train.main([TINY_CONFIG, *sets, "--resume"])
+    _assert_same(_outputs(tmp_path / "runs/tiny_math"), whole)
+
+
+def test_killed_process_resumes_to_the_same_vectors(tmp_path, uninterrupted):
+    data_from, whole = uninterrupted
+    sets = tiny_overrides(tmp_path, {**DROPOUT, "model.path": data_from / "ckpt"})
+    state = tmp_path / "runs/tiny_math/state.pt"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), TINY_CONFIG, *sets], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not state.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)  # right after the first checkpoint, mid-run
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert torch.load(state, weights_only=True)["step"] < 12
+    train.main([TINY_CONFIG, *sets, "--resume"])
+    _assert_same(_outputs(tmp_path / "runs/tiny_math"), whole)
