@@ -22,10 +22,11 @@ class GivaLinear(AdaptedLinear):
     basis_names = ("giva_A", "giva_B")
 
     def __init__(self, linear: nn.Linear, r: int, dropout: float = 0.0):
-        """Bases are left unset: the caller fills them from a gradient (set_bases) or from a file."""
+        """Bases start as NaN (so a forgotten init shows at once): the caller fills them from a gradient
+        (set_bases) or from a file. The official code silently keeps random bases here (methods.md 9.10)."""
         super().__init__(linear, dropout)
-        self.register_buffer("giva_A", self._new(r, self.in_features))  # (r', n)
-        self.register_buffer("giva_B", self._new(self.out_features, r))  # (m, r')
+        self.register_buffer("giva_A", self._new(r, self.in_features, fill=float("nan")))  # (r', n)
+        self.register_buffer("giva_B", self._new(self.out_features, r, fill=float("nan")))  # (m, r')
         self.giva_lambda_s = nn.Parameter(self._new(r, fill=1.0))  # (r',)
         self.giva_lambda_o = nn.Parameter(self._new(self.out_features, fill=0.0))  # (m,)
 

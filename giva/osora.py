@@ -23,14 +23,15 @@ class OsoraLinear(AdaptedLinear):
     basis_names = ("osora_A", "osora_B", "osora_S")
 
     def __init__(self, linear: nn.Linear, r: int, dropout: float = 0.0):
-        """Bases unset and W untouched: follow with init_from_weight() or a file load + finish_load()."""
+        """Bases NaN and W untouched: follow with init_from_weight() or a file load + finish_load()."""
         super().__init__(linear, dropout)
         r = min(r, self.in_features, self.out_features)
-        self.register_buffer("osora_A", self._new(r, self.in_features))  # (r', n)
-        self.register_buffer("osora_B", self._new(self.out_features, r))  # (m, r')
-        self.register_buffer("osora_S", self._new(r))  # (r',) the initial singular values
+        nan = float("nan")
+        self.register_buffer("osora_A", self._new(r, self.in_features, fill=nan))  # (r', n)
+        self.register_buffer("osora_B", self._new(self.out_features, r, fill=nan))  # (m, r')
+        self.register_buffer("osora_S", self._new(r, fill=nan))  # (r',) the initial singular values
         self.osora_lambda_b = nn.Parameter(self._new(self.out_features, fill=1.0))  # (m,)
-        self.osora_lambda_d = nn.Parameter(self._new(r))  # (r',)
+        self.osora_lambda_d = nn.Parameter(self._new(r, fill=nan))  # (r',)
 
     @torch.no_grad()
     def init_from_weight(self):

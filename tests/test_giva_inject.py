@@ -86,3 +86,12 @@ def test_full_fine_tuning_trains_everything():
     assert all(p.requires_grad for p in model.parameters())
     check_optimizer(torch.optim.AdamW(adapter_parameters(model)), model)
     assert count_parameters(model)["trainable"] == sum(p.numel() for p in model.parameters())
+
+
+def test_bases_left_unset_are_nan_not_silent():
+    """build_adapters wraps without the data-dependent init; a GiVA layer whose bases were never filled
+    must not quietly act like an adapter (the official code keeps random bases and lambda = 1)."""
+    from giva.inject import build_adapters
+    model = ToyLM()
+    build_adapters(model, AdapterConfig(method="giva", r=2, targets=["q_proj"]))
+    assert torch.isnan(model(toy_batches(1)[0])).all()
