@@ -72,9 +72,11 @@ def build_adapters(model: nn.Module, cfg: AdapterConfig) -> dict[str, AdaptedLin
     device = next(iter(targets.values())).weight.device
     m_max = max(lin.out_features for lin in targets.values())
     n_max = max(lin.in_features for lin in targets.values())
-    shared = {"vera": lambda: vera_shared_bases(cfg.r, m_max, n_max, cfg.seed, device),
-              "randlora": lambda: randlora_shared_bases(cfg.r, m_max, n_max, cfg.seed, device)}
-    shared = shared[cfg.method]() if cfg.method in shared else None
+    shared = None
+    if cfg.method == "vera":
+        shared = vera_shared_bases(cfg.r, m_max, n_max, cfg.seed, device)
+    elif cfg.method == "randlora":
+        shared = randlora_shared_bases(cfg.r, m_max, n_max, cfg.seed, device)
     layers = {}
     for name, lin in targets.items():
         m, n = lin.out_features, lin.in_features
@@ -102,19 +104,22 @@ def apply_adapters(model: nn.Module, cfg: AdapterConfig, grads: dict[str, torch.
     the dict as soon as its layer's bases exist, so their memory goes as the loop advances. On a model on
     the meta device (dry runs, parameter counts) no gradients are needed and nothing is initialised.
     """
-    layers = build_adapters(model, cfg)
-    dry = all(layer.weight.device.type == "meta" for layer in layers.values())
-    if cfg.method == "giva" and not dry:
+    targets = {} if cfg.method == "full" else find_targets(model, cfg.targets)
+    dry = bool(targets) and all(lin.weight.device.type == "meta" for lin in targets.values())
+    if cfg.method == "giva" and not dry:  # check the gradients before the model is touched
         if grads is None:
             raise ValueError("GiVA needs grads=estimate_gradients(...) (or use load_adapter to restore a trained one)")
-        missing = [n for n in layers if n not in grads]
+        missing = [n for n in targets if n not in grads]
         if missing:
             raise ValueError(f"grads has no gradient for target layer(s) {missing[:5]}{'...' if len(missing) > 5 else ''}; "
                              f"it has {len(grads)} entries, e.g. {list(grads)[:3]}")
+        for n, lin in targets.items():
+            if grads[n].shape != lin.weight.shape:
+                raise ValueError(f"gradient for {n} has shape {tuple(grads[n].shape)}, its weight {tuple(lin.weight.shape)}")
+    layers = build_adapters(model, cfg)
+    if cfg.method == "giva" and not dry:
         for name, layer in layers.items():
             G = grads.pop(name).to(layer.weight.device)
-            if G.shape != layer.weight.shape:
-                raise ValueError(f"gradient for {name} has shape {tuple(G.shape)}, its weight {tuple(layer.weight.shape)}")
             A, B = giva_bases(G, layer.giva_A.shape[0], cfg.init, seed=layer_seed(cfg.seed, name),
                               q=cfg.svd_q, niter=cfg.svd_niter)
             del G

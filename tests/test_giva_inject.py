@@ -41,8 +41,14 @@ def test_giva_needs_gradients_for_every_target():
         apply_adapters(ToyLM(), AdapterConfig(method="giva", r=2, targets=["q_proj"]))
     model = ToyLM()
     grads = estimate_gradients(model, toy_batches(1), lm_loss, ["q_proj"])
+    other = ToyLM()
     with pytest.raises(ValueError, match=r"no gradient for target layer\(s\) \['layers.0.self_attn.v_proj'"):
-        apply_adapters(ToyLM(), AdapterConfig(method="giva", r=2, targets=["q_proj", "v_proj"]), grads=grads)
+        apply_adapters(other, AdapterConfig(method="giva", r=2, targets=["q_proj", "v_proj"]), grads=grads)
+    assert not hasattr(other, "adapter_config")  # checked before the model was touched
+    wrong = {f"layers.{i}.self_attn.k_proj": torch.zeros(24, 24) for i in range(2)}
+    with pytest.raises(ValueError, match=r"gradient for layers.0.self_attn.k_proj has shape \(24, 24\), "
+                                         r"its weight \(8, 24\)"):
+        apply_adapters(other, AdapterConfig(method="giva", r=2, targets=["k_proj"]), grads=wrong)
 
 
 def test_gradients_are_freed_as_bases_are_made():
