@@ -47,8 +47,10 @@ def our_model_sharing(hf, shape, device, workdir: Path):
         model = Decoder(load_config(workdir))
     state = {}
     for key, tensor in hf.state_dict().items():
-        (name,) = map_key(key, family.keys)
-        state[name] = tensor
+        names = map_key(key, family.keys)
+        if len(names) > 1:
+            raise ValueError(f"{key}: fused checkpoint tensors cannot be shared with HF's model here")
+        state.update({name: tensor for name in names})
     model.load_state_dict(state, strict=True, assign=True)
     if model.cfg.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

@@ -55,8 +55,9 @@ def run_ours(shape, args, device, r, workdir) -> tuple[dict, dict]:
     from giva import AdapterConfig, apply_adapters, estimate_gradients
 
     model = C.our_random_model(shape, device, C.weights_dtype(device), workdir)
-    if args.ac:
-        C.set_our_checkpointing(model, True)
+    missing = C.set_our_checkpointing(model, args.ac)
+    if missing:
+        raise SystemExit(f"--ac: {missing}")
     batches = micro_batches(shape, args.batch, args.micro_batch, device)
 
     def loss_fn(model, ids):

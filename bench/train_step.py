@@ -14,7 +14,8 @@ Every model is built once and measured without, then with, activation checkpoint
 next one. A configuration that runs out of memory is recorded as such and the run goes on.
 
 Our GiVA and OSoRA bases are random orthonormal matrices (no probe, no SVD of W0: the bases' values do not
-change the step's speed; bench/probe.py times the probe). Writes bench/results/train_step.json and prints the table last.
+change the step's speed; bench/probe.py times the probe). Writes bench/results/train_step.json and prints the
+table last.
 """
 import argparse
 import tempfile
@@ -40,9 +41,19 @@ LOSS_CHUNK = 256  # sequence positions per chunk of our chunked cross-entropy (e
 
 
 def measure(step, device, tokens: int, warmup: int, iters: int) -> dict:
+    """tokens/s of the median step and the peak memory; an out-of-memory record instead if a step runs out
+    (the model stays, so the next setting, e.g. with activation checkpointing, can still be measured)."""
     C.reset_peak(device)
-    seconds = C.median(C.time_calls(step, device, warmup, iters))
-    return {"tokens_per_s": tokens / seconds, "step_ms": seconds * 1e3, "peak_gib": C.peak_gib(device)}
+    try:
+        seconds = C.median(C.time_calls(step, device, warmup, iters))
+        peak = C.peak_gib(device)
+    except RuntimeError as err:
+        if not C.is_oom(err):
+            raise
+        return {"error": "out of memory"}
+    finally:
+        C.free_memory(device)  # also drops what a failed step left behind
+    return {"tokens_per_s": tokens / seconds, "step_ms": seconds * 1e3, "peak_gib": peak}
 
 
 def make_step(loss_fn, params, device):
@@ -78,7 +89,8 @@ def random_bases(model, device) -> None:
     gen = torch.Generator(device=device).manual_seed(0)
     for layer in adapted_layers(model).values():
         if isinstance(layer, GivaLinear):
-            layer.set_bases(orthonormal(*layer.giva_A.shape, gen, device), orthonormal(*layer.giva_B.shape, gen, device))
+            layer.set_bases(orthonormal(*layer.giva_A.shape, gen, device),
+                            orthonormal(*layer.giva_B.shape, gen, device))
         elif isinstance(layer, OsoraLinear):
             layer.osora_A.copy_(orthonormal(*layer.osora_A.shape, gen, device))
             layer.osora_B.copy_(orthonormal(*layer.osora_B.shape, gen, device))
