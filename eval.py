@@ -3,8 +3,8 @@
     python eval.py --task gsm8k                             # the run configs/olmo2_metamath.yaml produces
     python eval.py --task gsm8k --run runs/tiny_math        # base + that run's adapter (best val loss), merged
     python eval.py --task gsm8k --model DIR                 # a bare publisher checkpoint
-    options: --limit N (first N problems), --batch-size B, --out FILE (predictions JSONL; the metrics JSON
-             goes next to it as FILE.metrics.json), --data FILE (another GSM8K-format JSONL)
+    options: --limit N (first N problems), --batch-size B, --max-new-tokens N, --out FILE (predictions
+             JSONL; the metrics JSON goes next to it as FILE.metrics.json), --data FILE (another GSM8K JSONL)
 
 Prompt [BOS] + tok("Q: {question}\\nA: ") as in training, greedy decoding of eval.max_new_tokens (256, the
 paper's) new tokens, stopping at EOS; the prediction is the first "#### <number>" of the generation.
@@ -62,7 +62,8 @@ def evaluate_gsm8k(model, tok, problems, *, max_new_tokens, batch_size, num_beam
     elapsed = time.perf_counter() - start
     records = []
     for text, problem, tokens in zip(prompts, problems, outputs):
-        generation = tok.decode([t for t in tokens if t != eos])
+        # Ids of an embedding's padding rows (OLMo-2: 100,278 tokens, 100,352 rows) have no text: dropped.
+        generation = tok.decode([t for t in tokens if t != eos and t < tok.vocab_size])
         prediction = extract_prediction(generation)
         records.append({"prompt": text, "generation": generation, "prediction": prediction,
                         "target": problem.target, "correct": prediction == problem.target})
@@ -81,6 +82,7 @@ def main(argv=None):
     source.add_argument("--model", type=Path, help="a bare publisher checkpoint directory")
     parser.add_argument("--limit", type=int, help="only the first N problems")
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-new-tokens", type=int, help="default: the config's eval.max_new_tokens (256)")
     parser.add_argument("--out", type=Path, help="predictions JSONL (default: in the run directory)")
     parser.add_argument("--data", type=Path, help="a GSM8K-format JSONL (default: the config's eval.path)")
     args = parser.parse_args(argv)
@@ -95,7 +97,8 @@ def main(argv=None):
         model_path, ev = Path(exp.model.path), exp.eval
         out = args.out or run / f"{args.task}_predictions.jsonl"
     ev = replace(ev, limit=args.limit if args.limit is not None else ev.limit,
-                 batch_size=args.batch_size or ev.batch_size, path=str(args.data or ev.path))
+                 batch_size=args.batch_size or ev.batch_size, path=str(args.data or ev.path),
+                 max_new_tokens=args.max_new_tokens or ev.max_new_tokens)
     if exp is not None and exp.model.random_init is not None and not (model_path / "config.json").is_file():
         write_random_checkpoint(model_path, **exp.model.random_init)
     if exp is not None and exp.data.synthetic:
