@@ -69,6 +69,14 @@ def build_adapters(model: nn.Module, cfg: AdapterConfig) -> dict[str, AdaptedLin
         model.adapter_config = cfg
         return {}
     targets = find_targets(model, cfg.targets)
+    names_of = defaultdict(list)
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names_of[id(p)].append(n)
+    for name, lin in targets.items():
+        tied = [n for n in names_of[id(lin.weight)] if n != f"{name}.weight"]
+        if tied:
+            raise ValueError(f"target {name}: its weight is tied to {tied}, so merging dW into it would change "
+                             f"those too; untie the weights or drop the target")
     device = next(iter(targets.values())).weight.device
     m_max = max(lin.out_features for lin in targets.values())
     n_max = max(lin.in_features for lin in targets.values())

@@ -101,3 +101,10 @@ def test_bases_left_unset_are_nan_not_silent():
     model = ToyLM()
     build_adapters(model, AdapterConfig(method="giva", r=2, targets=["q_proj"]))
     assert torch.isnan(model(toy_batches(1)[0])).all()
+
+
+def test_tied_target_weight_is_an_error():
+    model = ToyLM()
+    model.lm_head.weight = model.embed_tokens.weight  # tied embeddings, as Qwen2-0.5B
+    with pytest.raises(ValueError, match=r"target lm_head: its weight is tied to \['embed_tokens.weight'\]"):
+        apply_adapters(model, AdapterConfig(method="vera", r=2, targets=["lm_head"]))
