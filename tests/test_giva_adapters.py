@@ -212,3 +212,18 @@ def test_config_needs_alpha_for_lora_and_round_trips():
     assert AdapterConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown field"):
         AdapterConfig.from_dict({**cfg.to_dict(), "rank": 3})
+
+
+def test_osora_on_a_bf16_base_is_w0_up_to_rounding():
+    from giva.osora import OsoraLinear
+    lin = nn.Linear(32, 20, bias=False).to(torch.bfloat16)
+    W0 = lin.weight.detach().clone()
+    x = torch.randn(6, 32).to(torch.bfloat16)
+    y0 = lin(x)
+    layer = OsoraLinear(lin, r=8)
+    layer.init_from_weight()
+    assert layer.weight.dtype == torch.bfloat16 and layer.osora_S.dtype == torch.float32
+    torch.testing.assert_close(layer.osora_S, torch.linalg.svdvals(W0.float())[:8])
+    W_eff = layer.weight.float() + layer.delta_weight()
+    assert (W_eff - W0.float()).abs().max() <= 2 ** -8 * W0.float().abs().max()  # bf16 rounding of W_res
+    torch.testing.assert_close(layer(x), y0, rtol=2e-2, atol=2e-2)
