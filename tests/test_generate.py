@@ -1,0 +1,155 @@
+"""models.generate against HF `generate(do_sample=False, num_beams=k)` (oracle) and against plain argmax.
+
+Each family gets a tiny random HF model saved with save_pretrained and loaded through our load_model.
+Weights are drawn wider than HF's default init (std 0.3) so logits are spread out and no near-tie can flip
+between two implementations that agree to 1e-6. The EOS id is the token HF's own unconstrained output
+uses most, so EOS really ends some rows early (asserted), which exercises the per-row stop and, for beam
+search, the finished-hypothesis bookkeeping and the early-stopping heuristic.
+"""
+from collections import Counter
+
+import pytest
+import torch
+
+from models import load_model
+from models.generate import generate
+
+COMMON = dict(vocab_size=160, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3, pad_token_id=0,
+              bos_token_id=1, eos_token_id=None)
+FAMILIES = {
+    "llama": ("LlamaConfig", dict()),
+    "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),  # q/k/v biases, tied lm_head
+    "mistral": ("MistralConfig", dict(sliding_window=6)),  # the window bites during generation
+    "olmo2": ("Olmo2Config", dict()),
+}
+LENGTHS = (7, 3, 12, 5)  # one prompt batched with longer and shorter ones
+N_NEW = 14
+
+
+def _prompts(vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, vocab, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def _build(family: str, tmp_path_factory):
+    """(HF model, our model loaded from its save_pretrained directory)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config_cls, extra = FAMILIES[family]
+    cfg = getattr(transformers, config_cls)(**{**COMMON, **extra})
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # norms away from 1, so a misplaced norm cannot hide
+        for name, p in hf.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp(family)
+    hf.save_pretrained(path)
+    hf.generation_config.eos_token_id = None  # EOS only where a test passes one
+    return hf, load_model(path)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def models(request, tmp_path_factory):
+    return _build(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """For behaviour that does not depend on the family."""
+    return _build("llama", tmp_path_factory)
+
+
+def _hf_generate(hf, prompts, num_beams, eos_id, pad_id=0, **kwargs) -> list[list[int]]:
+    """HF's new tokens for the left-padded batch, each cut after its first EOS."""
+    P = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    out = hf.generate(input_ids=ids, attention_mask=attention_mask, do_sample=False, num_beams=num_beams,
+                      max_new_tokens=N_NEW, eos_token_id=eos_id, pad_token_id=pad_id, **kwargs)
+    eos = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else eos_id
+    rows = []
+    for row in out[:, P:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        rows.append(row[:cut])
+    return rows
+
+
+def _check(hf, ours, prompts, num_beams, eos_id, **kwargs) -> list[list[int]]:
+    """Ours equals HF for the batch, and for prompts[0] alone (it sits between longer and shorter ones)."""
+    expect = _hf_generate(hf, prompts, num_beams, eos_id, **kwargs)
+    assert generate(ours, prompts, N_NEW, num_beams=num_beams, eos_id=eos_id, pad_id=0, **kwargs) == expect
+    alone = generate(ours, prompts[:1], N_NEW, num_beams=num_beams, eos_id=eos_id, pad_id=0, **kwargs)
+    assert alone == expect[:1]
+    return expect
+
+
+def _stopping_eos(hf, prompts, num_beams, n_eos=1, **kwargs):
+    """EOS id(s) among the tokens HF's unconstrained output uses most that make HF end some row early."""
+    free = _hf_generate(hf, prompts, num_beams, None, **kwargs)
+    common = [t for t, _ in Counter(t for r in free for t in r).most_common(6)]
+    for i in range(len(common) - n_eos + 1):
+        eos = common[i] if n_eos == 1 else common[i:i + n_eos]
+        if any(len(r) < N_NEW for r in _hf_generate(hf, prompts, num_beams, eos, **kwargs)):
+            return eos
+    raise AssertionError("no frequent token ends a row early: the test would not exercise the stop")
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_matches_hf_batched_and_alone(models, num_beams):
+    hf, ours = models
+    prompts = _prompts(ours.cfg.vocab_size)
+    assert all(len(r) == N_NEW for r in _check(hf, ours, prompts, num_beams, None))
+    _check(hf, ours, prompts, num_beams, _stopping_eos(hf, prompts, num_beams))
+
+
+@pytest.mark.parametrize("kwargs", [dict(length_penalty=0.5), dict(length_penalty=-1.0), dict(early_stopping=True),
+                                    dict(early_stopping="never", length_penalty=0.5), dict(two_eos=True)],
+                         ids=["lp0.5", "lp-1", "early", "never_lp0.5", "two_eos"])
+def test_beam_options_match_hf(llama, kwargs):
+    hf, ours = llama
+    kwargs = dict(kwargs)
+    n_eos = 2 if kwargs.pop("two_eos", False) else 1
+    prompts = _prompts(ours.cfg.vocab_size, seed=1)
+    _check(hf, ours, prompts, 4, _stopping_eos(hf, prompts, 4, n_eos, **kwargs), **kwargs)
+
+
+def test_greedy_equals_argmax_of_full_forward(models):
+    """No oracle needed: each greedy token is the argmax of a cache-free forward over the text so far."""
+    _, ours = models
+    prompts = _prompts(ours.cfg.vocab_size, seed=2)
+    got = generate(ours, prompts, N_NEW)
+    for prompt, new in zip(prompts, got):
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(N_NEW):
+                ids.append(int(ours(torch.tensor([ids]))[0, -1].argmax()))
+        assert new == ids[len(prompt):]
+
+
+def test_eos_is_kept_and_nothing_follows(models):
+    _, ours = models
+    prompts = _prompts(ours.cfg.vocab_size, seed=3)
+    free = generate(ours, prompts, N_NEW)
+    eos = free[0][2]
+    got = generate(ours, prompts, N_NEW, eos_id=eos)
+    for f, g in zip(free, got):
+        stop = f.index(eos) + 1 if eos in f else N_NEW
+        assert g == f[:stop]
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(prompts=[]), "prompts is empty"),
+    (dict(prompts=[[5], []]), "prompt 1 is empty"),
+    (dict(prompts=[[5, 160]]), "prompt 0 has token 160"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(num_beams=0), "num_beams"),
+    (dict(eos_id=-1), "eos_id -1"),
+    (dict(eos_id=[3, 999]), "eos_id 999"),
+    (dict(early_stopping="yes"), "early_stopping"),
+])
+def test_bad_arguments_are_clear_errors(llama, args, match):
+    _, ours = llama
+    call = dict(prompts=[[5, 6]], max_new_tokens=3) | args
+    with pytest.raises(ValueError, match=match):
+        generate(ours, call.pop("prompts"), call.pop("max_new_tokens"), **call)
