@@ -158,13 +158,21 @@ def main():
                      f"{rec['fraction_of_roofline']['weights_and_kv']:.1%}",
                      C.fmt(h.get("fraction_of_roofline", {}).get("weights_only"), ".1%")])
 
+    targets = []  # the issue's: greedy at least 10x HF generate, beam 4 at least 5x
+    for key, rec in results.items():
+        if "hf" in rec:
+            need, ratio = (10 if key.startswith("greedy") else 5), rec["tokens_per_s"] / rec["hf"]["tokens_per_s"]
+            targets.append({"target": f"{key} >= {need}x HF new tokens/s", "value": ratio, "met": ratio >= need})
     out = args.out or C.default_out("generate", args.smoke)
     C.write_json(out, {
         "machine": C.machine_info(device), "copy_bandwidth_gbs": bandwidth / 1e9, "weight_bytes": weight_bytes,
         "setting": {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "eos": None},
-        "results": {shape.name: results},
+        "results": {shape.name: results}, "issue_targets": targets,
     })
-    print(f"wrote {out}\n")
+    print(f"wrote {out}")
+    for check in targets:
+        print(f"{'MET ' if check['met'] else 'MISS'}  {check['target']}: {check['value']:.2f}")
+    print()
     C.print_table(["setting", "ours tok/s", "ours GiB", "HF tok/s", "HF GiB", "speed-up", "roofline tok/s",
                    "ours % roof", "ours % roof+KV", "HF % roof"], rows)
 

@@ -22,6 +22,7 @@ network: flatter than a pretrained model's, which makes this a hard case for svd
 Writes bench/results/probe.json and prints the tables last.
 """
 import argparse
+import json
 import math
 import tempfile
 import time
@@ -143,6 +144,21 @@ def accuracy(G: torch.Tensor, name: str, r: int, q: int, niter: int) -> dict:
     return out
 
 
+def issue_targets(ours: dict, shape_name: str, train_step_json: Path) -> list[dict]:
+    """Probe + SVD under 10 s; peak at most 1.3x GiVA's training peak, taken from train_step.py's results
+    when they exist (same machine: run train_step.py first)."""
+    checks = [{"target": "probe + SVD < 10 s", "value": ours["total_s"], "met": ours["total_s"] < 10}]
+    train_peak = None
+    if train_step_json.is_file():
+        rec = json.loads(train_step_json.read_text())["results"].get(shape_name, {}).get("giva_r64", {})
+        train_peak = rec.get("peak_gib")
+    if train_peak and ours["peak_gib"] is not None:
+        ratio = ours["peak_gib"] / train_peak
+        checks.append({"target": f"probe peak <= 1.3x GiVA r=64 training peak ({train_peak:.1f} GiB, "
+                                 f"{train_step_json.name})", "value": ratio, "met": ratio <= 1.3})
+    return checks
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32, help="sequences in the probe batch (x 1024 tokens)")
@@ -171,6 +187,11 @@ def main():
     C.free_memory(device)
     print(f"hf: {hf}", flush=True)
 
+    tokens = args.batch * shape.seq
+    for rec in (ours, hf):
+        if rec:
+            rec["tokens_per_s"] = tokens / rec["total_s"]
+    targets = issue_targets(ours, shape.name, C.default_out("train_step", args.smoke))
     out = args.out or C.default_out("probe", args.smoke)
     C.write_json(out, {
         "machine": C.machine_info(device),
@@ -178,8 +199,12 @@ def main():
                     "offload": args.offload, "activation_checkpointing": args.ac, "r": r, "q": args.q,
                     "niter": args.niter},
         "results": {shape.name: {"probe_svd": {**ours, "hf": hf}}}, "svd_lowrank_accuracy": acc,
+        "issue_targets": targets,
     })
-    print(f"wrote {out}\n")
+    print(f"wrote {out}")
+    for check in targets:
+        print(f"{'MET ' if check['met'] else 'MISS'}  {check['target']}: {check['value']:.2f}")
+    print()
     rows = [[side, C.fmt(rec["probe_s"], ".2f"), C.fmt(rec["svd_s"], ".2f"), C.fmt(rec["total_s"], ".2f"),
              C.fmt(rec["peak_gib"], ".1f")] for side, rec in (("ours", ours), ("hf", hf)) if rec]
     C.print_table(["side", "probe s", "SVD s", "total s", "peak GiB"], rows)

@@ -19,6 +19,7 @@ table last.
 """
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -217,6 +218,7 @@ def main():
     rate = C.matmul_tflops(device, 256 if args.smoke else 8192, C.weights_dtype(device))
     print(f"matmul rate ({C.weights_dtype(device)}): {rate:.1f} TFLOP/s", flush=True)
 
+    start = time.perf_counter()
     results = {}
     for shape in shapes:
         ranks = RANKS[shape.name]
@@ -225,11 +227,11 @@ def main():
             for method in sorted({HF_PEER[m] for m in args.methods}):
                 res = guarded(lambda: run_hf(shape, method, ranks[method], ac_modes, device, args), ac_modes, device)
                 hf[method] = {ac: with_mfu(rec, shape, method, rate) for ac, rec in res.items()}
-                print(f"{shape.name} hf {method}: {brief(res)}", flush=True)
+                print(f"[{time.perf_counter() - start:.0f} s] {shape.name} hf {method}: {brief(res)}", flush=True)
         results[shape.name] = {}
         for method in args.methods:
             res = guarded(lambda: run_ours(shape, method, ranks[method], ac_modes, device, args), ac_modes, device)
-            print(f"{shape.name} ours {method}: {brief(res)}", flush=True)
+            print(f"[{time.perf_counter() - start:.0f} s] {shape.name} ours {method}: {brief(res)}", flush=True)
             peer = HF_PEER[method]
             for ac, rec in res.items():
                 rec = with_mfu(rec, shape, method, rate)
