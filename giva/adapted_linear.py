@@ -10,7 +10,8 @@ Parameter objects under the same names, so the base model's state-dict keys do n
     y = W x + b + branch(dropout(x))            branch computed in fp32 from thin matmuls, never from dW
 
 Adapter tensors are fp32 whatever the base dtype: the net effect of the official code's dtype pipeline
-(methods.md 1). x is cast to fp32 on the branch only, and the sum is cast back to x's dtype.
+(methods.md 1). x is cast to fp32 on the branch only (outside autocast, where it would change nothing),
+and the sum is cast back to x's dtype.
 Deliberate difference: the official code stores the bases of bf16 runs as bf16-rounded values; we keep
 them at full fp32 precision.
 
@@ -66,7 +67,13 @@ class AdaptedLinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.merged:
             return y
-        return (y + self.branch(self.dropout(x.to(ADAPTER_DTYPE)))).to(x.dtype)
+        # Under autocast the branch's matmuls run in the autocast dtype whatever x's dtype, so the fp32 copy
+        # of x would change no result and only cost memory traffic: skip it there.
+        if not torch.is_autocast_enabled(x.device.type):
+            x_adapter = x.to(ADAPTER_DTYPE)
+        else:
+            x_adapter = x
+        return (y + self.branch(self.dropout(x_adapter))).to(x.dtype)
 
     @torch.no_grad()
     def merge(self):

@@ -227,3 +227,19 @@ def test_osora_on_a_bf16_base_is_w0_up_to_rounding():
     W_eff = layer.weight.float() + layer.delta_weight()
     assert (W_eff - W0.float()).abs().max() <= 2 ** -8 * W0.float().abs().max()  # bf16 rounding of W_res
     torch.testing.assert_close(layer(x), y0, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_autocast_skips_only_a_redundant_cast(method):
+    """Under autocast the forward leaves x in its dtype; the result equals the fp32-cast reference."""
+    _, model = adapted_toy(method)
+    randomize_trainables(model)
+    model.to(torch.bfloat16)
+    for layer in adapted_layers(model).values():
+        for t in list(layer.trainable().values()):
+            t.data = t.data.float()
+    x = torch.randn(3, 5, 24).to(torch.bfloat16)
+    layer = model.layers[0].self_attn.q_proj
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = (nn.functional.linear(x, layer.weight, layer.bias) + layer.branch(x.float())).to(x.dtype)
+        assert torch.equal(layer(x), reference)
