@@ -10,7 +10,7 @@ Parameter objects under the same names, so the base model's state-dict keys do n
     y = W x + b + branch(dropout(x))            branch computed in fp32 from thin matmuls, never from dW
 
 Adapter tensors are fp32 whatever the base dtype: the net effect of the official code's dtype pipeline
-(methods.md 1). x is cast to fp32 on the branch only (outside autocast, where it would change nothing),
+(methods.md 1). x is cast to fp32 on the branch only (not under autocast, where the cast would change nothing),
 and the sum is cast back to x's dtype.
 Deliberate difference: the official code stores the bases of bf16 runs as bf16-rounded values; we keep
 them at full fp32 precision.
