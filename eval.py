@@ -22,11 +22,11 @@ import giva
 from data import load_tokenizer
 from data.collate import special_ids
 from data.gsm8k import extract_prediction, prompt, read_problems
-from data.synthetic_math import ensure_synthetic_files
 from experiment import ConfigError, EvalSection, load_experiment
-from models import load_model, write_random_checkpoint
+from models import load_model
 from models.generate import generate
 from models.safetensors_io import atomic_file
+from train import ensure_inputs
 
 DEFAULT_CONFIG = "configs/olmo2_metamath.yaml"
 
@@ -99,10 +99,8 @@ def main(argv=None):
     ev = replace(ev, limit=args.limit if args.limit is not None else ev.limit,
                  batch_size=args.batch_size or ev.batch_size, path=str(args.data or ev.path),
                  max_new_tokens=args.max_new_tokens or ev.max_new_tokens)
-    if exp is not None and exp.model.random_init is not None and not (model_path / "config.json").is_file():
-        write_random_checkpoint(model_path, **exp.model.random_init)
-    if exp is not None and exp.data.synthetic:
-        ensure_synthetic_files(exp.data.path, ev.path, exp.data.synthetic)
+    if exp is not None:
+        ensure_inputs(exp)  # a smoke config's random checkpoint and synthetic problems, when missing
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and exp is not None and exp.train.cpu_threads:

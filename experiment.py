@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from data.tasks import TASKS
+
 
 class ConfigError(ValueError):
     pass
@@ -37,7 +39,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    task: str = _choices("metamath")
+    task: str = _choices(*TASKS)    # data/tasks.py maps each name to its builder
     path: str = ""                 # MetaMathQA JSON (a list of {type, query, original_question, response})
     n_train: int = 100_000
     n_val: int = 10_000

@@ -86,8 +86,12 @@ def device_and_dtypes(exp):
 
 def ensure_inputs(exp):
     """Write the tiny random checkpoint and synthetic data a smoke config asks for, on first use."""
-    if exp.model.random_init is not None and not (Path(exp.model.path) / "config.json").is_file():
-        write_random_checkpoint(exp.model.path, **exp.model.random_init)
+    init = exp.model.random_init
+    if init is not None and not (Path(exp.model.path) / "config.json").is_file():
+        dtype = init.get("dtype", "float32")
+        if dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"model.random_init.dtype={dtype!r}: valid choices are float32, bfloat16")
+        write_random_checkpoint(exp.model.path, **{**init, "dtype": getattr(torch, dtype)})
     if exp.data.synthetic:
         ensure_synthetic_files(exp.data.path, exp.eval.path, exp.data.synthetic)
 
@@ -135,8 +139,8 @@ def trainable_named(model):
 # ---- the run directory ----
 
 def prepare_run_dir(exp, resume: bool) -> tuple[Path, bool]:
-    """(run directory, whether there is a state to resume from). A run killed before its first
-    checkpoint has nothing to resume, so --resume then starts it again from the beginning."""
+    """(run directory, whether there is a state to resume from). A run that stopped before its first
+    checkpoint has nothing to resume, so it starts again from the beginning, with or without --resume."""
     run = exp.run_dir()
     resolved = exp.to_dict()
     if resume and (run / "config.yaml").is_file():
@@ -147,7 +151,7 @@ def prepare_run_dir(exp, resume: bool) -> tuple[Path, bool]:
                               f"resume with the same config (or start a new train.name)")
         if (run / "state.pt").is_file():
             return run, True
-    elif (run / "config.yaml").exists():
+    elif (run / "state.pt").exists():
         raise FileExistsError(f"{run} already holds a run: pass --resume, delete it, or set another train.name")
     with atomic_file(run / "config.yaml", "w") as f:
         yaml.safe_dump(resolved, f, sort_keys=False)
@@ -199,6 +203,37 @@ class Metrics:
 
 
 # ---- the loop ----
+
+def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocast):
+    """One AdamW step over the examples `picks`, in micro-batches with gradient accumulation.
+
+    Each micro-batch backpropagates its SUM of token losses; the accumulated gradients are divided by the
+    number of target tokens of the whole optimizer batch, so every token weighs the same whatever the
+    micro-batch it fell in (the token-normalised loss). No host sync: the loss stays on the device.
+    Returns (sum of token losses, number of targets) as device tensors and the real tokens seen.
+    """
+    step_loss = torch.zeros((), device=device)
+    step_n = torch.zeros((), device=device, dtype=torch.long)
+    tokens = 0
+    for m in range(0, len(picks), t.micro_batch_size):
+        cpu_batch = task.collate([task.train[i] for i in picks[m:m + t.micro_batch_size]])
+        tokens += int(cpu_batch["pad_mask"].sum()) if "pad_mask" in cpu_batch else cpu_batch["input_ids"].numel()
+        with autocast():
+            loss_sum, n = task.loss(model, to_device(cpu_batch, device))
+        loss_sum.backward()
+        step_loss += loss_sum.detach().float()
+        step_n += n
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(step_n.clamp(min=1))
+    if t.grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, step_n, tokens
+
 
 @torch.no_grad()
 def validation_loss(model, task, device, autocast, micro_batch_size) -> float:
@@ -274,7 +309,8 @@ def main(argv=None):
         progress.update(load_state(run, model, optimizer, device))
     metrics = Metrics(run / "metrics.jsonl", progress["metrics_lines"] if resuming else None)
     if hasattr(task, "evaluate") and not resuming:
-        before = {f"val_{k}_before": v for k, v in task.evaluate(model, task.val).items()}
+        with autocast():
+            before = {f"val_{k}_before": v for k, v in task.evaluate(model, task.val).items()}
         metrics.write({"step": 0, **before})
         progress.update(before)
 
@@ -307,29 +343,12 @@ def main(argv=None):
             perm = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(t.seed * 1000 + epoch))
             perm_epoch = epoch
         picks = perm[j * t.batch_size:(j + 1) * t.batch_size].tolist()
-        step_loss = torch.zeros((), device=device)
-        step_n = torch.zeros((), device=device, dtype=torch.long)
-        for m in range(0, len(picks), t.micro_batch_size):
-            cpu_batch = task.collate([task.train[i] for i in picks[m:m + t.micro_batch_size]])
-            window_tokens += int(cpu_batch["pad_mask"].sum()) if "pad_mask" in cpu_batch else cpu_batch["input_ids"].numel()
-            with autocast():
-                loss_sum, n = task.loss(model, to_device(cpu_batch, device))
-            loss_sum.backward()  # sum of token losses: normalised below by the whole batch's target count
-            step_loss += loss_sum.detach().float()
-            step_n += n
-        for p in params:
-            if p.grad is not None:
-                p.grad.div_(step_n.clamp(min=1))
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         lr = t.lr * lr_factor(step, total_steps, warmup, t.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss, step_n, tokens = optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocast)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(step_loss), step, first_bad)
         window_loss += step_loss
         window_n += step_n
+        window_tokens += tokens
         progress["step"] = step = step + 1
         bar.update(1)
 
@@ -378,7 +397,8 @@ def main(argv=None):
     if device.type == "cuda":
         summary["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if hasattr(task, "evaluate"):
-        after = {f"val_{k}_after": v for k, v in task.evaluate(model, task.val).items()}
+        with autocast():
+            after = {f"val_{k}_after": v for k, v in task.evaluate(model, task.val).items()}
         metrics.write({"step": total_steps, **after})
         summary.update({k: v for k, v in progress.items() if k.endswith("_before")}, **after)
     with atomic_file(run / "summary.json", "w") as f:

@@ -41,6 +41,7 @@ def test_overrides_are_parsed_as_yaml():
     (["train.lr=fast"], ["'train.lr'", "expected a number"]),
     (["adapter.targets=q_proj"], ["'adapter.targets'", "expected a list"]),
     (["model.dtype=fp16"], ["'model.dtype'", "valid choices: auto, float32, bfloat16"]),
+    (["data.task=glue"], ["'data.task'", "valid choices: metamath"]),
     (["train.batch_size=30"], ["not a multiple of", "train.micro_batch_size=4"]),
     (["train.warmup_steps=10"], ["warmup_ratio or train.warmup_steps, not both"]),
     (["train.epochs=0"], ["'train.epochs'", "must be > 0"]),
