@@ -6,6 +6,7 @@ recovers the top subspaces, and our generation from HF's own weights (fp32 on CP
 The three scripts start together in subprocesses (they spend most of their time importing), and each test
 waits for its own.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,10 +14,13 @@ import sys
 
 import pytest
 
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-
 from conftest import REPO
+
+# bench/common.py, the benchmarks' shared helpers, loaded by path (bench/ is not a package; putting it on
+# sys.path would let bench/generate.py shadow other modules named generate)
+_spec = importlib.util.spec_from_file_location("bench_common", REPO / "bench" / "common.py")
+common = sys.modules["bench_common"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 SCRIPTS = {
     # train_step: the Qwen2 shape (GQA, q/k/v bias, tied embeddings); the other two cover OLMo-2
@@ -28,6 +32,8 @@ SCRIPTS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
     out = tmp_path_factory.mktemp("bench")
     procs = {}
     for name, extra in SCRIPTS.items():
@@ -81,3 +87,19 @@ def test_generate_smoke(runs):
         # same weights (shared tensors), fp32 on CPU: our decoding must equal HF's token for token
         assert rec["agreement"]["identical_rows"] == 1.0, key
         assert 0 < rec["fraction_of_roofline"]["weights_only"] < 1, key
+
+
+@pytest.mark.parametrize("shape", sorted(common.SHAPES))
+def test_mfu_parameter_count_matches_decoder(shape, tmp_path):
+    """N in the MFU's FLOPs per token (bench/common.py, from config.json fields) is exactly the number of
+    weights in our Decoder's nn.Linear layers (projections and lm_head), built on the meta device."""
+    import torch
+    from models import load_config
+    from models.decoder import Decoder
+
+    config = common.SHAPES[shape].config
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with torch.device("meta"):
+        model = Decoder(load_config(tmp_path))
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert common.matmul_params(config) == linear
