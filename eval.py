@@ -33,11 +33,14 @@ DEFAULT_CONFIG = "configs/olmo2_metamath.yaml"
 
 def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device):
     """The base checkpoint, with `run`'s adapter (bases + `checkpoint` vectors) merged in when given."""
-    model = load_model(model_path, dtype=dtype, device=device)
     if run is not None:
         vectors = run / f"{checkpoint}.safetensors"
+        if not (run / "adapter.safetensors").is_file():
+            raise FileNotFoundError(f"{run}: no trained run there (adapter.safetensors is missing)")
         if not vectors.is_file():
             raise FileNotFoundError(f"{vectors}: the run has no {checkpoint} checkpoint (has training finished?)")
+    model = load_model(model_path, dtype=dtype, device=device)
+    if run is not None:
         giva.load_adapter(model, run / "adapter.safetensors")  # bases + initial vectors
         giva.load_adapter(model, vectors)                     # the trained vectors replace the initial ones
         giva.merge_adapters(model)

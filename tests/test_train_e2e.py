@@ -1,5 +1,6 @@
 """train.py end to end on the tiny config (probe, bases, train, validate, checkpoint, eval), dry-run
 parameter counts on OLMo-2-7B's config.json, and a NaN loss stopping the run."""
+import dataclasses
 import json
 import math
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 
 import eval as eval_script
+import giva
 import train
-from data.tasks import CausalLMTask
+from data.tasks import TASKS, CausalLMTask
 from experiment import load_experiment
 from models import load_config
 from models.safetensors_io import SafetensorsFile, load_safetensors
@@ -104,3 +106,47 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     state = torch.load(run / "state.pt", weights_only=True)
     assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["vectors"].values())
     assert not (run / "summary.json").exists()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_schedule_matches_transformers(schedule):
+    transformers = pytest.importorskip("transformers")
+    make = {"cosine": transformers.get_cosine_schedule_with_warmup,
+            "linear": transformers.get_linear_schedule_with_warmup}[schedule]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = make(opt, num_warmup_steps=3, num_training_steps=20)
+    for step in range(20):
+        assert train.lr_factor(step, 20, 3, schedule) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        sched.step()
+
+
+class _GradRecorder(torch.optim.SGD):
+    def step(self, closure=None):
+        self.grads = [p.grad.clone() for g in self.param_groups for p in g["params"]]
+
+
+def test_accumulated_micro_batches_give_the_token_normalised_gradient(tmp_path):
+    """Micro-batches of 2 accumulate to the gradient of the whole batch's mean token loss, although their
+    target counts differ (a per-micro-batch mean would weigh their tokens unequally)."""
+    torch.set_num_threads(1)  # tiny matrices; the autouse fixture restores the thread count
+    exp = load_experiment(TINY_CONFIG, [s for s in tiny_overrides(tmp_path) if s != "--set"])
+    train.ensure_inputs(exp)
+    model, tok = train._load_decoder(exp.model.path, torch.float32, "cpu")
+    task = TASKS["metamath"](exp, tok, exp.model.path)
+    giva.apply_adapters(model, train.adapter_config(exp), grads={
+        n: torch.randn(m.weight.shape) for n, m in giva.find_targets(model, exp.adapter.targets).items()})
+    params = giva.adapter_parameters(model)
+    with torch.no_grad():
+        for p in params:
+            p.normal_()  # away from lambda_o = 0, so every vector gets a gradient
+    picks = list(range(8))
+    assert len({len(task.train[i][0]) - task.train[i][1] for i in picks}) > 1  # unequal target counts
+    grads = {}
+    for micro in (2, 8):
+        t = dataclasses.replace(exp.train, micro_batch_size=micro, grad_clip=0.0)
+        opt = _GradRecorder(params, lr=0.0)
+        train.optimizer_step(model, task, picks, opt, params, 0.0, t, torch.device("cpu"), train.contextlib.nullcontext)
+        grads[micro] = opt.grads
+    for a, b in zip(grads[2], grads[8]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
