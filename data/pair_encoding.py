@@ -13,11 +13,11 @@ from dataclasses import dataclass
 class PairFormat:
     first: list[int]  # before a
     middle: list[int]  # between a and b
-    last: list[int]  # after b (or after a, alone: `middle`)
+    last: list[int]  # after b, or after a when it is alone
     second_type: int  # the token type of the middle tokens after the first separator, b and the last tokens
 
     def specials(self, pair: bool) -> int:
-        return len(self.first) + len(self.middle) + (len(self.last) if pair else 0)
+        return len(self.first) + (len(self.middle) if pair else 0) + len(self.last)
 
 
 def bert_pairs(cls_id: int, sep_id: int) -> PairFormat:
@@ -46,7 +46,7 @@ def wrap_pair(a: list[int], b: list[int] | None, fmt: PairFormat, max_len: int) 
     if budget < 1:
         raise ValueError(f"max_len {max_len} leaves no room for text beside the special tokens")
     if b is None:
-        ids = fmt.first + a[:budget] + fmt.middle
+        ids = fmt.first + a[:budget] + fmt.last
         return ids, [0] * len(ids)
     n1, n2 = truncated_lengths(len(a), len(b), budget)
     head = fmt.first + a[:n1]
