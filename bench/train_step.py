@@ -2,6 +2,7 @@
 
     python bench/train_step.py                                   # both shapes, every method, AC off and on
     python bench/train_step.py --shapes qwen2-0.5b --methods giva lora --no-ac
+    python bench/train_step.py --compile --no-hf                # ours with torch.compile'd blocks
     python bench/train_step.py --smoke                           # tiny shapes on CPU: proves the script runs
 
 Same GPU, same random-weight models (bf16 weights, bf16 autocast, SDPA), same targets (q,k,v,up,down), same
@@ -117,6 +118,8 @@ def run_ours(shape, method, r, ac_modes, device, args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         model, params = build_ours(shape, method, r, device, Path(tmp))
+    if args.compile:
+        model.compile_blocks()  # compiled in the warm-up steps (again after the checkpointing switch)
     ids = C.random_tokens(shape.batch, shape.seq, shape.config["vocab_size"], device)  # (B, T)
 
     def loss_fn():
@@ -205,6 +208,7 @@ def main():
     p.add_argument("--methods", nargs="+", default=OUR_METHODS, choices=OUR_METHODS)
     p.add_argument("--no-ac", action="store_true", help="skip the activation-checkpointing measurements")
     p.add_argument("--no-hf", action="store_true", help="skip the HF transformers + peft peer")
+    p.add_argument("--compile", action="store_true", help="ours with Decoder.compile_blocks() (torch.compile)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=6)
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 warm-up and 1 timed step (CPU check)")
@@ -218,8 +222,19 @@ def main():
     rate = C.matmul_tflops(device, 256 if args.smoke else 8192, C.weights_dtype(device))
     print(f"matmul rate ({C.weights_dtype(device)}): {rate:.1f} TFLOP/s", flush=True)
 
-    start = time.perf_counter()
+    out = args.out or C.default_out("train_step", args.smoke)
     results = {}
+
+    def save():  # after every configuration, so a run cut short keeps what it measured
+        C.write_json(out, {
+            "machine": C.machine_info(device), "bf16_matmul_tflops": rate,
+            "flops_per_token": "6N full fine-tuning, 4N adapters (N = projection + lm_head parameters)",
+            "batch": {s.name: [s.batch, s.seq] for s in shapes}, "compile_blocks": args.compile,
+            "results": results,
+            "issue_targets": issue_targets(results),
+        })
+
+    start = time.perf_counter()
     for shape in shapes:
         ranks = RANKS[shape.name]
         hf = {}
@@ -239,14 +254,8 @@ def main():
                     rec["hf"] = {"method": f"{peer}_r{ranks[peer]}" if peer != "full" else "full", **hf[peer][ac]}
                 key = (f"{method}_r{ranks[method]}" if method != "full" else "full") + ("_ac" if ac else "")
                 results[shape.name][key] = rec
+            save()
 
-    out = args.out or C.default_out("train_step", args.smoke)
-    C.write_json(out, {
-        "machine": C.machine_info(device), "bf16_matmul_tflops": rate,
-        "flops_per_token": "6N full fine-tuning, 4N adapters (N = projection + lm_head parameters)",
-        "batch": {s.name: [s.batch, s.seq] for s in shapes}, "results": results,
-        "issue_targets": issue_targets(results),
-    })
     print(f"wrote {out}")
     for check in issue_targets(results):
         print(f"{'MET ' if check['met'] else 'MISS'}  {check['target']}: {check['value']:.2f}")
