@@ -79,6 +79,8 @@ class TrainSection:
     seed: int = 0
     device: str = "auto"           # auto: cuda when available, else cpu; or e.g. "cuda:1"
     cpu_threads: int = 0           # > 0: torch.set_num_threads on a CPU run (tiny models run best on 1)
+    autocast: bool = True          # bf16 autocast on CUDA; false runs the bf16 weights as they are, as the
+                                   # official LLM runs did (then fp32 adapter tensors also compute in fp32)
     epochs: int = 1
     max_steps: int = 0             # > 0: stop after this many optimizer steps in total
     batch_size: int = 32           # examples per optimizer step

@@ -79,7 +79,7 @@ def device_and_dtypes(exp):
         torch.set_num_threads(exp.train.cpu_threads)
     dtype = {"auto": torch.bfloat16 if on_cuda else torch.float32,
              "float32": torch.float32, "bfloat16": torch.bfloat16}[exp.model.dtype]
-    if on_cuda:
+    if on_cuda and exp.train.autocast:
         return device, dtype, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return device, dtype, contextlib.nullcontext
 
