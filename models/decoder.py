@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -195,6 +196,17 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.activation_checkpointing = False
+
+    def set_activation_checkpointing(self, enabled: bool):
+        """Recompute each block's activations in the backward pass instead of keeping them (training only)."""
+        self.activation_checkpointing = enabled
+
+    def compile_blocks(self):
+        """torch.compile every block (one graph, shared by all blocks): fuses the norms, rotary, SwiGLU,
+        residual adds and adapter epilogues around the matmuls. The module keeps its names and state dict."""
+        for block in self.layers:
+            block.compile()
 
     def materialize_buffers(self, device):
         """Recompute the non-persistent buffers on `device` (after building on the meta device)."""
@@ -234,8 +246,12 @@ class Decoder(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B|1, 1, T, rotary_dim)
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         mask, is_causal = self._attention_mask(T, S, cache_start, pad_mask, device)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, is_causal, kv_cache, cache_start)
+            if recompute:
+                x = checkpoint(layer, x, cos, sin, mask, is_causal, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, is_causal, kv_cache, cache_start)
         return self.norm(x)
 
     def _attention_mask(self, T, S, cache_start, pad_mask, device):
