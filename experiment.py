@@ -96,6 +96,8 @@ class TrainSection:
     val_per_epoch: int = 10        # validation loss (and checkpoint) this many times per epoch
     log_every: int = 10            # optimizer steps between metrics.jsonl lines (one host sync each)
     loss_chunk: int = 256          # sequence positions per chunk of the chunked cross-entropy
+    activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory
+    compile: bool = False          # torch.compile each block after the adapters are in place
     max_steps_this_invocation: int = 0  # > 0: save a resumable state and exit after this many steps
 
 

@@ -106,6 +106,17 @@ def dry_run(exp, acfg):
                       "trainable_percent": 100.0 * counts["trainable"] / counts["total"]}))
 
 
+def speed_options(model, t):
+    """Activation checkpointing and torch.compile, where the model kind offers them."""
+    for flag, method in (("activation_checkpointing", "set_activation_checkpointing"), ("compile", "compile_blocks")):
+        if getattr(t, flag) and not hasattr(model, method):
+            raise ConfigError(f"train.{flag}: {type(model).__name__} has no {method}()")
+    if t.activation_checkpointing:
+        model.set_activation_checkpointing(True)
+    if t.compile:
+        model.compile_blocks()
+
+
 def probe_batches(exp, task):
     """The probe's micro-batches: random training examples drawn with probe.seed (recorded in probe.json)."""
     t = exp.train
@@ -288,6 +299,7 @@ def main(argv=None):
             json.dump({"example_indices": indices, "seed": exp.probe.seed, "q": exp.probe.q,
                        "niter": exp.probe.niter, "micro_batches": len(batches)}, f)
     print(giva.parameter_table(model))
+    speed_options(model, t)
 
     # 6. Vectors-only AdamW.
     params = giva.adapter_parameters(model)

@@ -150,3 +150,17 @@ def test_accumulated_micro_batches_give_the_token_normalised_gradient(tmp_path):
         grads[micro] = opt.grads
     for a, b in zip(grads[2], grads[8]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_activation_checkpointing_trains_the_same_vectors(tmp_path, monkeypatch):
+    recomputed = []
+    real_forward = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr("models.decoder.checkpoint", lambda *a, **k: recomputed.append(1) or real_forward(*a, **k))
+    last = {}
+    for flag in (False, True):
+        sets = tiny_overrides(tmp_path / str(flag), {"model.path": tmp_path / "ckpt", "train.max_steps": 4,
+                                                     "adapter.dropout": 0.1, "train.activation_checkpointing": flag})
+        train.main([TINY_CONFIG, *sets])
+        last[flag], _ = load_safetensors(tmp_path / str(flag) / "runs/tiny_math/last.safetensors")
+        assert bool(recomputed) == flag  # the blocks really went through checkpoint() when asked
+    assert all(torch.equal(last[False][k], last[True][k]) for k in last[False])
