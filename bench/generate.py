@@ -119,6 +119,7 @@ def main():
     if args.smoke:
         args.prompt_len, args.new_tokens = 8, 8
     device = C.pick_device()
+    torch.manual_seed(0)  # HF's own init draws from the global RNG: the same weights on every run
     (shape,) = C.shapes_for(["olmo2-7b"], args.smoke)
     bandwidth = C.copy_bandwidth_gbs(device, 2**24 if args.smoke else 2**32) * 1e9
     print(f"copy bandwidth: {bandwidth / 1e12:.2f} TB/s", flush=True)

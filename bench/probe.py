@@ -175,6 +175,7 @@ def main():
     if args.smoke:
         args.batch, args.micro_batch, args.q, r = 4, 2, 16, 4
     device = C.pick_device()
+    torch.manual_seed(0)  # HF's own init draws from the global RNG: the same weights on every run
     (shape,) = C.shapes_for(["olmo2-7b"], args.smoke)
     with tempfile.TemporaryDirectory() as tmp:
         ours, kept = run_ours(shape, args, device, r, Path(tmp))

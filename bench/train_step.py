@@ -217,6 +217,7 @@ def main():
     if args.smoke:
         args.warmup, args.iters = 1, 1
     device = C.pick_device()
+    torch.manual_seed(0)  # HF's own init draws from the global RNG: the same weights on every run
     shapes = C.shapes_for(args.shapes, args.smoke)
     ac_modes = [False] if args.no_ac else [False, True]
     rate = C.matmul_tflops(device, 256 if args.smoke else 8192, C.weights_dtype(device))
