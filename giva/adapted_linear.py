@@ -9,6 +9,11 @@ Parameter objects under the same names, so the base model's state-dict keys do n
 
     y = W x + b + branch(dropout(x))            branch computed in fp32 from thin matmuls, never from dW
 
+The scaling vectors of GiVA, VeRA and OSoRA (and LoRA's scalar) are folded into the thin bases before the
+matmuls, e.g. GiVA's branch is x -> (A * lambda_s[:, None]) -> (B * lambda_o[:, None]): the same dW x, but the
+elementwise products cost r'(n + m) instead of tokens * (r' + m), and no (tokens, m) activation is kept
+for lambda_o's gradient. Under autocast both matmuls then run in bf16 like the base layer's.
+
 Adapter tensors are fp32 whatever the base dtype: the net effect of the official code's dtype pipeline
 (methods.md 1). x is cast to fp32 on the branch only (not under autocast, where the cast would change nothing),
 and the sum is cast back to x's dtype.

@@ -36,8 +36,9 @@ class GivaLinear(AdaptedLinear):
         self.giva_B.copy_(B)
 
     def branch(self, x):
-        h = F.linear(x, self.giva_A) * self.giva_lambda_s  # (..., r')
-        return F.linear(h, self.giva_B) * self.giva_lambda_o  # (..., m)
+        A = self.giva_A * self.giva_lambda_s[:, None]  # (r', n): the vectors folded into the thin bases
+        B = self.giva_B * self.giva_lambda_o[:, None]  # (m, r')
+        return F.linear(F.linear(x, A), B)  # (..., r') -> (..., m)
 
     def delta_weight(self):
         return (self.giva_lambda_o[:, None] * self.giva_B * self.giva_lambda_s) @ self.giva_A  # (m, n)

@@ -30,7 +30,7 @@ class LoraLinear(AdaptedLinear):
                 self.lora_A.copy_(A)
 
     def branch(self, x):
-        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling  # (..., r) -> (..., m)
+        return F.linear(F.linear(x, self.lora_A), self.lora_B * self.scaling)  # (..., r) -> (..., m)
 
     def delta_weight(self):
         return (self.lora_B @ self.lora_A) * self.scaling  # (m, n)

@@ -54,8 +54,9 @@ class OsoraLinear(AdaptedLinear):
         self._subtract_top()
 
     def branch(self, x):
-        h = F.linear(x, self.osora_A) * self.osora_lambda_d  # (..., r')
-        return F.linear(h, self.osora_B) * self.osora_lambda_b  # (..., m)
+        A = self.osora_A * self.osora_lambda_d[:, None]  # (r', n): the vectors folded into the thin bases
+        B = self.osora_B * self.osora_lambda_b[:, None]  # (m, r')
+        return F.linear(F.linear(x, A), B)  # (..., r') -> (..., m)
 
     def delta_weight(self):
         return (self.osora_lambda_b[:, None] * self.osora_B * self.osora_lambda_d) @ self.osora_A  # (m, n)

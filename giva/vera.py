@@ -50,7 +50,9 @@ class VeraLinear(AdaptedLinear):
 
     def branch(self, x):
         A, B = self._sliced()
-        return F.linear(F.linear(x, A) * self.vera_lambda_d, B) * self.vera_lambda_b  # (..., m)
+        A = A * self.vera_lambda_d[:, None]  # (r, n): the vectors folded into the sliced bases
+        B = B * self.vera_lambda_b[:, None]  # (m, r)
+        return F.linear(F.linear(x, A), B)  # (..., r) -> (..., m)
 
     def delta_weight(self):
         A, B = self._sliced()
