@@ -47,6 +47,9 @@ class DataSection:
     shuffle_seed: int = 42
     cache_dir: str = ".cache/tokenized"
     synthetic: int = 0             # > 0 and `path` missing: write that many synthetic problems there first
+    # How the masked prompt tokens are counted (data/collate.py build_example): "official" tokenises the
+    # prompt alone, which with OLMo-2's BPE masks the response's first token too (methods.md bug 18).
+    label_boundary: str = _choices("official", "common_prefix")
 
 
 @dataclass

@@ -71,9 +71,9 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_path, tokenizer_dir, n_train, n_val, max_tokens, shuffle_seed) -> str:
-    parts = [f"format={CACHE_FORMAT}", f"data={_file_hash(Path(data_path))}",
-             f"n_train={n_train}", f"n_val={n_val}", f"max_tokens={max_tokens}", f"seed={shuffle_seed}"]
+def cache_key(data_path, tokenizer_dir, **settings) -> str:
+    parts = [f"format={CACHE_FORMAT}", f"data={_file_hash(Path(data_path))}"]
+    parts += [f"{k}={v}" for k, v in sorted(settings.items())]
     for name in TOKENIZER_FILES:
         file = Path(tokenizer_dir) / name
         if file.is_file():
@@ -81,12 +81,15 @@ def cache_key(data_path, tokenizer_dir, n_train, n_val, max_tokens, shuffle_seed
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def load_splits(data_path, tok, tokenizer_dir, *, n_train, n_val, max_tokens, shuffle_seed, cache_dir):
-    """(train, val) TokenizedSplits, from the on-disk cache when the same inputs were tokenised before."""
-    key = cache_key(data_path, tokenizer_dir, n_train, n_val, max_tokens, shuffle_seed)
+def load_splits(data_path, tok, tokenizer_dir, *, n_train, n_val, max_tokens, shuffle_seed, cache_dir,
+                boundary="official"):
+    """(train, val) TokenizedSplits, from the on-disk cache when the same inputs were tokenised before.
+    `boundary` is build_example's: how the prompt tokens to mask are counted."""
+    key = cache_key(data_path, tokenizer_dir, n_train=n_train, n_val=n_val, max_tokens=max_tokens,
+                    shuffle_seed=shuffle_seed, boundary=boundary)
     cache = Path(cache_dir) / f"metamath-{key}.safetensors"
     if not cache.is_file():
-        tensors = _tokenise(data_path, tok, n_train, n_val, max_tokens, shuffle_seed)
+        tensors = _tokenise(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary)
         save_safetensors(cache, tensors, metadata={"source": str(data_path), "n_train": str(n_train)})
     t, _ = load_safetensors(cache)
     split = int(t["n_split"][0])
@@ -96,7 +99,7 @@ def load_splits(data_path, tok, tokenizer_dir, *, n_train, n_val, max_tokens, sh
     return train, val
 
 
-def _tokenise(data_path, tok, n_train, n_val, max_tokens, shuffle_seed) -> dict:
+def _tokenise(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary) -> dict:
     rows = read_gsm_rows(data_path)
     if len(rows) < n_train + n_val:
         raise ValueError(f"{data_path}: {len(rows)} GSM rows, fewer than data.n_train + data.n_val = {n_train + n_val}")
@@ -105,7 +108,7 @@ def _tokenise(data_path, tok, n_train, n_val, max_tokens, shuffle_seed) -> dict:
     special_ids(tok)  # fail early when the tokenizer has no EOS
     ids, offsets, n_masked = [], [0], []
     for i in order[:n_train + n_val]:
-        seq, masked = build_example(tok, prompt(rows[i]["query"]), rows[i]["response"], max_tokens)
+        seq, masked = build_example(tok, prompt(rows[i]["query"]), rows[i]["response"], max_tokens, boundary)
         ids.extend(seq)
         offsets.append(len(ids))
         n_masked.append(masked)

@@ -52,7 +52,8 @@ class CausalLMTask:
 def build_metamath(exp, tok, tokenizer_dir) -> CausalLMTask:
     d = exp.data
     train, val = load_splits(d.path, tok, tokenizer_dir, n_train=d.n_train, n_val=d.n_val,
-                             max_tokens=d.max_tokens, shuffle_seed=d.shuffle_seed, cache_dir=d.cache_dir)
+                             max_tokens=d.max_tokens, shuffle_seed=d.shuffle_seed, cache_dir=d.cache_dir,
+                             boundary=d.label_boundary)
     return CausalLMTask(train, val, pad_id=special_ids(tok)[2], loss_chunk=exp.train.loss_chunk)
 
 

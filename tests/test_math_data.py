@@ -144,3 +144,28 @@ def test_chunked_cross_entropy_matches_the_full_loss():
     assert n.item() == (labels[:, 1:] != IGNORE).sum().item()
     torch.testing.assert_close(total, ref)
     torch.testing.assert_close(grad, hidden.grad)
+
+
+def test_label_boundary_on_the_real_olmo2_tokenizer(shared_data, tmp_path):
+    """Bug 18 measured: with OLMo-2's BPE the prompt alone ends with a lone " " that the full text merges
+    into the response's first word, so the official count masks that word; common_prefix keeps it."""
+    (tmp_path / "tokenizer.json").symlink_to(shared_data / "tokenizers/olmo2/allenai_dolma2.json")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "olmo2", "eos_token_id": 100257,
+                                                      "pad_token_id": 100277}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}))
+    from data import load_tokenizer
+    tok = load_tokenizer(tmp_path)
+    problems = read_problems(shared_data / "gsm8k/test.jsonl")[:50]
+    merged = 0
+    for p in problems:
+        text = f"Q: {p.question}\nA: "
+        ids, official = build_example(tok, text, p.answer, 1024)
+        same, prefix = build_example(tok, text, p.answer, 1024, boundary="common_prefix")
+        assert ids == same and ids[0] == ids[-1] == 100257  # BOS and EOS are <|endoftext|>
+        if official == prefix + 1:  # the lone " " merged into the response's first token, which is masked
+            merged += 1
+            assert tok.decode(ids[1:prefix]) == text[:-1] and tok.decode(ids[prefix:-1]) == " " + p.answer
+        else:  # e.g. a response starting with a digit: the boundary falls between tokens
+            assert official == prefix and tok.decode(ids[1:prefix]) == text
+    assert merged > 40
