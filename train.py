@@ -215,17 +215,24 @@ class Metrics:
 
 # ---- the loop ----
 
+def by_length(task, examples, indices):
+    """`indices` ordered by example length when the task can tell (stable, so deterministic)."""
+    return sorted(indices, key=lambda i: task.length(examples[i])) if hasattr(task, "length") else list(indices)
+
+
 def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocast):
     """One AdamW step over the examples `picks`, in micro-batches with gradient accumulation.
 
     Each micro-batch backpropagates its SUM of token losses; the accumulated gradients are divided by the
     number of target tokens of the whole optimizer batch, so every token weighs the same whatever the
-    micro-batch it fell in (the token-normalised loss). No host sync: the loss stays on the device.
+    micro-batch it fell in (the token-normalised loss). That is also why the examples can be grouped by
+    length into micro-batches: less padding, the same gradient. No host sync: the loss stays on the device.
     Returns (sum of token losses, number of targets) as device tensors and the real tokens seen.
     """
     step_loss = torch.zeros((), device=device)
     step_n = torch.zeros((), device=device, dtype=torch.long)
     tokens = 0
+    picks = by_length(task, task.train, picks)
     for m in range(0, len(picks), t.micro_batch_size):
         cpu_batch = task.collate([task.train[i] for i in picks[m:m + t.micro_batch_size]])
         tokens += int(cpu_batch["pad_mask"].sum()) if "pad_mask" in cpu_batch else cpu_batch["input_ids"].numel()
@@ -250,8 +257,9 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
 def validation_loss(model, task, device, autocast, micro_batch_size) -> float:
     model.eval()
     total, count = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    for s in range(0, len(task.val), micro_batch_size):
-        batch = to_device(task.collate([task.val[i] for i in range(s, min(s + micro_batch_size, len(task.val)))]), device)
+    order = by_length(task, task.val, range(len(task.val)))
+    for s in range(0, len(order), micro_batch_size):
+        batch = to_device(task.collate([task.val[i] for i in order[s:s + micro_batch_size]]), device)
         with autocast():
             loss_sum, n = task.loss(model, batch)
         total += loss_sum.float()

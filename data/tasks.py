@@ -6,6 +6,8 @@ A builder takes (experiment config, tokenizer, checkpoint dir) and returns a tas
     loss(model, batch)            -> (sum of per-target losses, number of targets), scalar tensors;
                                      train.py divides by the optimizer batch's total number of targets
     evaluate(model, examples)     optional -> dict of metrics, called before and after training
+    length(example)               optional -> its token count; train.py then groups examples of similar
+                                  length into the same micro-batch (less padding, same gradient)
 """
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,9 @@ class CausalLMTask:
 
     def collate(self, examples) -> dict:
         return collate_left_padded(examples, self.pad_id)
+
+    def length(self, example) -> int:
+        return len(example[0])
 
     def loss(self, model, batch):
         hidden = model.forward_hidden(batch["input_ids"], positions=batch["positions"], pad_mask=batch["pad_mask"])
