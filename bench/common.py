@@ -101,8 +101,9 @@ def flops_per_token(config: dict, full_ft: bool) -> int:
 
 # ---------------------------------------------------------------- device, timing, memory, machine rates
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str | None = None) -> torch.device:
+    """`name` ("cuda", "cpu") if given, else CUDA when there is one."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def weights_dtype(device: torch.device) -> torch.dtype:

@@ -114,11 +114,13 @@ def main():
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny OLMo-2 shape on CPU, short prompts")
     p.add_argument("--out", type=Path)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when there is one); --smoke on cuda is a quick "
+                                     "check of the GPU path")
     args = p.parse_args()
     settings = SMOKE_SETTINGS if args.smoke else SETTINGS
     if args.smoke:
         args.prompt_len, args.new_tokens = 8, 8
-    device = C.pick_device()
+    device = C.pick_device(args.device)
     torch.manual_seed(0)  # HF's own init draws from the global RNG: the same weights on every run
     (shape,) = C.shapes_for(["olmo2-7b"], args.smoke)
     bandwidth = C.copy_bandwidth_gbs(device, 2**24 if args.smoke else 2**32) * 1e9

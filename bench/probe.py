@@ -170,11 +170,13 @@ def main():
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny OLMo-2 shape on CPU")
     p.add_argument("--out", type=Path)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when there is one); --smoke on cuda is a quick "
+                                     "check of the GPU path")
     args = p.parse_args()
     r = 64
     if args.smoke:
         args.batch, args.micro_batch, args.q, r = 4, 2, 16, 4
-    device = C.pick_device()
+    device = C.pick_device(args.device)
     torch.manual_seed(0)  # HF's own init draws from the global RNG: the same weights on every run
     (shape,) = C.shapes_for(["olmo2-7b"], args.smoke)
     with tempfile.TemporaryDirectory() as tmp:

@@ -213,10 +213,12 @@ def main():
     p.add_argument("--iters", type=int, default=6)
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 warm-up and 1 timed step (CPU check)")
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/train_step[_smoke].json)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when there is one); --smoke on cuda is a quick "
+                                     "check of the GPU path")
     args = p.parse_args()
     if args.smoke:
         args.warmup, args.iters = 1, 1
-    device = C.pick_device()
+    device = C.pick_device(args.device)
     torch.manual_seed(0)  # HF's own init draws from the global RNG: the same weights on every run
     shapes = C.shapes_for(args.shapes, args.smoke)
     ac_modes = [False] if args.no_ac else [False, True]

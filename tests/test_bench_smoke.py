@@ -37,8 +37,8 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     procs = {}
     for name, extra in SCRIPTS.items():
-        cmd = [sys.executable, str(REPO / "bench" / f"{name}.py"), "--smoke", "--out", str(out / f"{name}.json"),
-               *extra]
+        cmd = [sys.executable, str(REPO / "bench" / f"{name}.py"), "--smoke", "--device", "cpu",
+               "--out", str(out / f"{name}.json"), *extra]
         procs[name] = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     yield {name: (proc, out / f"{name}.json") for name, proc in procs.items()}
