@@ -18,9 +18,14 @@ from conftest import REPO
 
 # bench/common.py, the benchmarks' shared helpers, loaded by path (bench/ is not a package; putting it on
 # sys.path would let bench/generate.py shadow other modules named generate)
-_spec = importlib.util.spec_from_file_location("bench_common", REPO / "bench" / "common.py")
-common = sys.modules["bench_common"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = sys.modules[f"bench_{name}"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+common = sys.modules["common"] = _load("common")  # the name the scripts import it by
 
 SCRIPTS = {
     # train_step: the Qwen2 shape (GQA, q/k/v bias, tied embeddings); the other two cover OLMo-2
@@ -103,3 +108,36 @@ def test_mfu_parameter_count_matches_decoder(shape, tmp_path):
         model = Decoder(load_config(tmp_path))
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert common.matmul_params(config) == linear
+
+
+def test_subspace_distance_extremes():
+    """bench/probe.py's measure: 0 for the same subspace in another basis, 90 degrees and 1 for orthogonal
+    ones, and the known angle for a plane tilted by theta in one direction."""
+    import math
+
+    import torch
+
+    probe = _load("probe")
+    Q, _ = torch.linalg.qr(torch.randn(20, 6, dtype=torch.float64))  # (20, 6) orthonormal columns
+    X, Y = Q[:, :3], Q[:, 3:]
+    R, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    angle, dist = probe.subspace_distance(X, X @ R)
+    assert angle < 1e-4 and dist < 1e-6
+    angle, dist = probe.subspace_distance(X, Y)
+    assert abs(angle - 90) < 1e-6 and abs(dist - 1) < 1e-12
+    theta = 0.3
+    tilted = torch.cat([X[:, :2], math.cos(theta) * X[:, 2:] + math.sin(theta) * Y[:, :1]], dim=1)
+    angle, dist = probe.subspace_distance(X, tilted)
+    # one principal angle theta, the others 0: ||P - P'||_F^2 = 2 sin^2(theta), over 2r = 6
+    assert abs(angle - math.degrees(theta)) < 1e-6 and abs(dist - math.sin(theta) / math.sqrt(3)) < 1e-12
+
+
+def test_random_bases_are_orthonormal():
+    import torch
+
+    train_step = _load("train_step")
+    gen = torch.Generator().manual_seed(0)
+    for rows, cols in [(64, 8), (8, 64)]:
+        M = train_step.orthonormal(rows, cols, gen, "cpu")
+        gram = M.T @ M if rows >= cols else M @ M.T
+        assert M.shape == (rows, cols) and torch.allclose(gram, torch.eye(min(rows, cols)), atol=1e-5)
