@@ -48,14 +48,15 @@ def measure(step, device, tokens: int, warmup: int, iters: int) -> dict:
     C.reset_peak(device)
     try:
         seconds = C.median(C.time_calls(step, device, warmup, iters))
-        peak = C.peak_gib(device)
+        peak, loss = C.peak_gib(device), float(step.loss)
     except RuntimeError as err:
         if not C.is_oom(err):
             raise
         return {"error": "out of memory"}
     finally:
         C.free_memory(device)  # also drops what a failed step left behind
-    return {"tokens_per_s": tokens / seconds, "step_ms": seconds * 1e3, "peak_gib": peak}
+    # the last step's loss: near ln(vocab) for random weights on both sides, NaN if a set-up went wrong
+    return {"tokens_per_s": tokens / seconds, "step_ms": seconds * 1e3, "peak_gib": peak, "loss": loss}
 
 
 def make_step(loss_fn, params, device):
@@ -67,6 +68,7 @@ def make_step(loss_fn, params, device):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        step.loss = loss.detach()  # read once, after the timing
 
     return step
 
