@@ -1,7 +1,11 @@
 """Fixtures shared by the encoder, WordPiece and GLUE tests (import them by name into a test module)."""
+from pathlib import Path
+
 import pytest
 
 from models.packaged_checkpoint import packaged_checkpoint_dir
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

@@ -1,0 +1,42 @@
+"""A shortened demo: the real all-MiniLM-L6-v2 + GiVA on the generated sentiment data, end to end."""
+import copy
+
+import pytest
+import torch
+import yaml
+
+from bench.encoder_demo import run_demo
+from bench.encoder_finetune import finetune
+from data.classification import ClassificationTask, pair_encoder
+from data.demo_data import demo_splits
+from data.wordpiece_tokenizer import WordPieceTokenizer
+from encoder_helpers import REPO, minilm_dir  # noqa: F401 (fixture)
+from giva import AdapterConfig
+from models.encoder_families import load_encoder
+
+
+def test_shortened_demo_runs_end_to_end(minilm_dir):
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    summary = run_demo(config, n_train=64, n_val=32, epochs=1, log=lambda *_: None)
+    assert 0.0 <= summary["val_accuracy_before"] <= 1.0 and 0.0 <= summary["val_accuracy_after"] <= 1.0
+    assert summary["steps"] == 2
+    # GiVA r=8 on query, key, value, dense of MiniLM (dim 384, FFN 1536, 6 layers) plus pooler.dense:
+    # lambda_o (out) + lambda_s (8) per matrix; the head (384 * 2 + 2) is trained on top
+    per_layer = 4 * (384 + 8) + (1536 + 8) + (384 + 8)
+    assert summary["adapter_params"] == 6 * per_layer + (384 + 8)
+    assert summary["trainable_params"] == summary["adapter_params"] + 384 * 2 + 2
+
+
+def test_only_adapter_vectors_and_head_change(minilm_dir):
+    tok = WordPieceTokenizer.from_dir(minilm_dir)
+    train, val = demo_splits(32, 16, seed=1)
+    task = ClassificationTask(train, val, pair_encoder(tok, "bert"), tok.pad_id, 2, "accuracy")
+    model = load_encoder(minilm_dir, num_labels=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    finetune(model, task, AdapterConfig(method="giva", r=8, targets=["query", "key", "value", "dense"]),
+             epochs=1, batch_size=16, lr=1e-2, log=lambda *_: None)
+    after = model.state_dict()
+    changed = {k for k in after if k in before and not torch.equal(after[k], before[k])}
+    assert changed == {"classifier.weight", "classifier.bias"}  # every base weight is bitwise unchanged
+    lambdas = [v for k, v in after.items() if k.endswith("giva_lambda_o")]
+    assert len(lambdas) == 37 and all(v.abs().sum() > 0 for v in lambdas)  # 6 * 6 + pooler, all trained
