@@ -17,9 +17,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .glue import Example
+from .demo_data import demo_splits
+from .glue import Example, glue_file, glue_task, read_glue
 from .metrics import METRICS, accuracy
 from .pair_encoding import roberta_pairs, wrap_pair
+from .tokenizer import load_tokenizer
+from .wordpiece_tokenizer import WordPieceTokenizer
 
 PairEncoder = Callable[[str, str | None, int], tuple[list[int], list[int]]]
 
@@ -97,3 +100,23 @@ class ClassificationTask:
         if self.num_labels > 1:
             scores["accuracy"] = accuracy(preds, labels)
         return scores
+
+
+def encoder_tokenizer(path, model_type: str):
+    """The tokenizer of an encoder checkpoint folder: WordPiece for BERT, byte-level BPE (load_tokenizer) for RoBERTa."""
+    if model_type == "bert":
+        return WordPieceTokenizer.from_dir(path)
+    return load_tokenizer(path)
+
+
+def build_glue_task(tok, model_type: str, name: str, root, max_len: int = 128) -> ClassificationTask:
+    """GLUE `name` as the paper runs it: train on <root>/<Task>/train.tsv, validate on its dev file."""
+    spec = glue_task(name)
+    return ClassificationTask(read_glue(name, glue_file(root, name, "train")), read_glue(name, glue_file(root, name)),
+                              pair_encoder(tok, model_type), tok.pad_id, spec.num_labels, spec.metric, max_len)
+
+
+def build_demo_task(tok, model_type: str, n_train: int, n_val: int, seed: int, max_len: int = 128) -> ClassificationTask:
+    """The demo's generated sentiment task (data/demo_data.py)."""
+    train, val = demo_splits(n_train, n_val, seed)
+    return ClassificationTask(train, val, pair_encoder(tok, model_type), tok.pad_id, 2, "accuracy", max_len)

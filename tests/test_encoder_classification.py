@@ -9,6 +9,7 @@ from data import load_tokenizer
 from data.classification import ClassificationTask, pair_encoder
 from data.demo_data import demo_splits
 from data.glue import Example, glue_file, read_glue
+from encoder_helpers import minilm_dir  # noqa: F401 (fixture)
 from models.encoder_families import load_encoder
 
 transformers = pytest.importorskip("transformers")
@@ -97,3 +98,18 @@ def test_demo_data_is_balanced_distinct_and_seeded():
     # the same adjective appears with both labels (negation and contrast frames), so no word decides it
     great = {e.label for e in train + val if " great" in e.text_a}
     assert great == {0, 1}
+
+
+def test_task_builders(tmp_path, minilm_dir):
+    from data.classification import build_demo_task, build_glue_task, encoder_tokenizer
+    tok = encoder_tokenizer(minilm_dir, "bert")
+    demo = build_demo_task(tok, "bert", 20, 10, seed=0)
+    assert len(demo.train) == 20 and demo.train[0]["input_ids"][0] == tok.cls_id
+    (tmp_path / "STS-B").mkdir()
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    row = "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA man plays.\tA man is playing.\t4.200\n"
+    for split in ("train", "dev"):
+        (tmp_path / "STS-B" / f"{split}.tsv").write_text(header + row * 3)
+    glue = build_glue_task(tok, "bert", "stsb", tmp_path)
+    assert (glue.num_labels, glue.metric, len(glue.train), len(glue.val)) == (1, "pearson", 3, 3)
+    assert glue.train[0]["label"] == 4.2 and 1 in glue.train[0]["token_type_ids"]
