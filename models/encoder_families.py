@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .encoder import Encoder, EncoderConfig
-from .safetensors_io import SafetensorsFile
+from .checkpoint import checkpoint_sources
 
 # Our name -> checkpoint name (after the family prefix is removed); "{}" is the layer index.
 BODY_KEYS = {
@@ -108,18 +108,6 @@ def load_encoder_config(path, num_labels: int = 0) -> EncoderConfig:
     return EncoderConfig(**family.convert(c, file), num_labels=num_labels)
 
 
-def _checkpoint_tensors(path: Path) -> tuple[dict[str, Callable[[], torch.Tensor]], dict, Path]:
-    """{key: lazy getter}, {key: shape} and the weights file of a publisher checkpoint folder."""
-    st, pt = path / "model.safetensors", path / "pytorch_model.bin"
-    if st.is_file():
-        f = SafetensorsFile(st)
-        return {k: (lambda k=k: f.get(k)) for k in f.keys()}, {k: tuple(f.shape(k)) for k in f.keys()}, st
-    if pt.is_file():
-        sd = torch.load(pt, map_location="cpu", weights_only=True, mmap=True)
-        return {k: (lambda v=v: v) for k, v in sd.items()}, {k: tuple(v.shape) for k, v in sd.items()}, pt
-    raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
-
-
 def _normalise(key: str, family: EncoderFamily) -> str:
     """Strip the task-model prefix and rename the old LayerNorm gamma/beta (early BERT checkpoints)."""
     key = key.removeprefix(family.prefix)
@@ -143,19 +131,20 @@ def load_encoder(path, num_labels: int | None = None, dtype=torch.float32, devic
     """
     path = Path(path)
     c, family, config_file = read_config_json(path)
-    getters, shapes, weights_file = _checkpoint_tensors(path)
+    sources = checkpoint_sources(path)  # {key: (file, shape, reader)} over single files, shards or .bin
     ckpt = {}
-    for key in shapes:
+    for key, src in sources.items():
         name = _normalise(key, family)
         if name.startswith(family.unused):
             continue
         if name in ckpt:
-            raise ValueError(f"{weights_file}: key {key!r} appears twice (with and without {family.prefix!r})")
+            raise ValueError(f"{src.file}: key {key!r} appears twice (with and without {family.prefix!r})")
         ckpt[name] = key
 
     head_keys = [k for k in ckpt if k.startswith(HEAD_PREFIX)]
     out_key = "classifier.out_proj.weight" if family is FAMILIES["roberta"] else "classifier.weight"
-    ckpt_labels = shapes[ckpt[out_key]][0] if out_key in ckpt else 0
+    ckpt_labels = sources[ckpt[out_key]].shape[0] if out_key in ckpt else 0
+    weights_file = sources[next(iter(ckpt.values()))].file if ckpt else path
     if num_labels is None:
         num_labels = ckpt_labels
     elif ckpt_labels and ckpt_labels != num_labels:
@@ -175,11 +164,11 @@ def load_encoder(path, num_labels: int | None = None, dtype=torch.float32, devic
         ours = checkpoint_key(name, family.keys)
         if ours not in ckpt:
             raise KeyError(f"{weights_file}: missing tensor {family.prefix}{ours!r} (or {ours!r}) for {name!r}")
-        key = ckpt[ours]
-        if shapes[key] != tuple(param.shape):
-            raise ValueError(f"{weights_file}: tensor {key!r} has shape {list(shapes[key])}, "
+        src = sources[ckpt[ours]]
+        if tuple(src.shape) != tuple(param.shape):
+            raise ValueError(f"{src.file}: tensor {ckpt[ours]!r} has shape {list(src.shape)}, "
                              f"{name!r} needs {list(param.shape)} (from {config_file})")
-        state[name] = getters[key]().to(device=device, dtype=dtype)
+        state[name] = src.read().to(device=device, dtype=dtype)
         used.add(ours)
     unexpected = sorted(ckpt[k] for k in set(ckpt) - used)
     if unexpected:

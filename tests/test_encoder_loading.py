@@ -78,7 +78,7 @@ def test_unsupported_family_and_missing_files(tmp_path):
     with pytest.raises(ValueError, match="model_type 'electra'"):
         load_encoder(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(CONFIG_JSON))
-    with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(FileNotFoundError, match="no weights found"):
         load_encoder(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(dict(CONFIG_JSON, position_embedding_type="relative_key")))
     with pytest.raises(ValueError, match="position_embedding_type 'relative_key'"):

@@ -75,3 +75,19 @@ def test_fresh_head_on_pretrained_body(minilm_dir):
     with torch.no_grad():
         assert torch.equal(bare.forward_hidden(ids), clf.forward_hidden(ids))
         assert clf(ids).shape == (2, 2)
+
+
+@pytest.mark.parametrize("layout", ["shards", "bin"])
+def test_sharded_and_bin_checkpoints_load(tmp_path, layout):
+    cfg = transformers.RobertaConfig(**TINY, pad_token_id=1, num_labels=2)
+    hf = transformers.RobertaForSequenceClassification(cfg).eval()
+    if layout == "shards":
+        hf.save_pretrained(tmp_path, max_shard_size="20KB")
+        assert (tmp_path / "model.safetensors.index.json").is_file()
+    else:  # the older publisher layout: config.json + pytorch_model.bin
+        hf.config.save_pretrained(tmp_path)
+        torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    ids, mask, types = _batch(cfg.vocab_size, 1, pair=False)
+    with torch.no_grad():
+        torch.testing.assert_close(load_encoder(tmp_path).eval()(ids, mask, types),
+                                   hf(input_ids=ids, attention_mask=mask.long()).logits, atol=1e-4, rtol=0)
