@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from data.classification import ClassificationTask, pair_encoder
+from data.classification import ClassificationTask, build_demo_task, build_glue_task
 from data.collate import IGNORE, collate_left_padded, special_ids
-from data.demo_data import demo_splits
-from data.glue import GLUE_TASKS, glue_file, read_glue
+from data.glue import GLUE_TASKS
 from data.metamath import load_splits
 
 
@@ -74,19 +73,13 @@ def _model_type(checkpoint_dir) -> str:
 
 def build_demo_sentiment(exp, tok, checkpoint_dir) -> ClassificationTask:
     d = exp.data
-    train, val = demo_splits(d.n_train, d.n_val, d.shuffle_seed)
-    return ClassificationTask(train, val, pair_encoder(tok, _model_type(checkpoint_dir)), tok.pad_id,
-                              num_labels=2, metric="accuracy", max_len=d.max_tokens)
+    return build_demo_task(tok, _model_type(checkpoint_dir), d.n_train, d.n_val, d.shuffle_seed, d.max_tokens)
 
 
 def _glue_builder(name):
-    """GLUE task `name`: every example of data.path/<Task>/train.tsv, validated on dev.tsv (n_train and
-    n_val do not apply)."""
+    """GLUE task `name`: all of data.path/<Task>/train.tsv, validated on its dev file (no n_train/n_val)."""
     def build(exp, tok, checkpoint_dir) -> ClassificationTask:
-        task, root = GLUE_TASKS[name], exp.data.path
-        train, val = read_glue(name, glue_file(root, name, "train")), read_glue(name, glue_file(root, name, "dev"))
-        return ClassificationTask(train, val, pair_encoder(tok, _model_type(checkpoint_dir)), tok.pad_id,
-                                  num_labels=task.num_labels, metric=task.metric, max_len=exp.data.max_tokens)
+        return build_glue_task(tok, _model_type(checkpoint_dir), name, exp.data.path, exp.data.max_tokens)
     return build
 
 
