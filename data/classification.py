@@ -3,6 +3,7 @@
     task = ClassificationTask(train_examples, val_examples, pair_encoder(tok, "bert"), pad_id=tok.pad_id,
                               num_labels=2, metric="accuracy")
     task.train, task.val          tokenised examples (dicts), each at most max_len tokens
+    task.length(example)          its token count (train.py groups similar lengths into micro-batches)
     task.collate(examples)        -> input_ids (B, T), attention_mask (B, T) bool, token_type_ids (B, T), labels (B,)
     task.loss(model, batch)       -> (sum of per-example losses, number of examples), scalar tensors
     task.evaluate(model, examples) -> {"accuracy": ..., "<metric>": ...}
@@ -52,6 +53,10 @@ class ClassificationTask:
     def _tokenise(e: Example, encode: PairEncoder, max_len: int) -> dict:
         ids, types = encode(e.text_a, e.text_b, max_len)
         return {"input_ids": ids, "token_type_ids": types, "label": e.label}
+
+    def length(self, example: dict) -> int:
+        """Token count, so train.py can put examples of similar length in one micro-batch."""
+        return len(example["input_ids"])
 
     def collate(self, examples: list[dict]) -> dict:
         B, T = len(examples), max(len(e["input_ids"]) for e in examples)
