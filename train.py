@@ -5,6 +5,7 @@
     python train.py configs/olmo2_metamath.yaml --set model.path=DIR --dry-run   # parameter table only
     python train.py configs/tiny_math.yaml                              # CPU smoke run, under a minute
     python train.py configs/tiny_math.yaml --resume                     # continue a killed run
+    python train.py configs/demo.yaml                                   # MiniLM + GiVA, a classification task
 
 Order: config -> load -> probe -> bases -> inject -> vectors-only AdamW loop -> run directory.
 
@@ -12,8 +13,9 @@ The run directory out_dir/name/ holds (every file written atomically):
     config.yaml            the resolved config
     probe.json             which training examples the probe used, its seed, q and niter
     adapter.safetensors    the adapter right after injection: frozen bases (stored once) + initial vectors
-    best.safetensors       the trained tensors at the best validation loss (no bases)
+    best.safetensors       the trained tensors at the best validation loss or task metric (no bases)
     last.safetensors       the trained tensors at the end (no bases)
+    *.modules.safetensors  beside those two, the tensors of adapter.modules_to_save (a classification head)
     state.pt               resumable state: vectors, optimizer, step (= data position and schedule), RNG
     metrics.jsonl          one JSON line per logged step and per validation
     summary.json           training time excluding validation, parameters, best validation loss, ...
@@ -335,6 +337,8 @@ def main(argv=None):
     path, kind = resolve_checkpoint_path(exp.model.path), MODEL_KINDS[exp.model.kind]
     tok = kind.tokenizer(path)
     task = TASKS[exp.data.task](exp, tok, path)
+    if t.select_by == "val_metric" and not hasattr(task, "evaluate"):
+        raise ConfigError(f"train.select_by=val_metric: task {exp.data.task!r} has no metric; use val_loss")
     torch.manual_seed(t.seed)  # a fresh classification head draws its initial weights here
     model = kind.load(path, dtype, device, task).train()
 
@@ -369,8 +373,6 @@ def main(argv=None):
                  for e in range(t.epochs) for k in range(1, t.val_per_epoch + 1)}
     val_steps = {min(s, total_steps) for s in val_steps if s > 0} | {total_steps}
 
-    if t.select_by == "val_metric" and not hasattr(task, "evaluate"):
-        raise ConfigError(f"train.select_by=val_metric: task {exp.data.task!r} has no metric; use val_loss")
     progress = {"step": 0, "best_score": math.inf, "best_val_loss": math.inf, "best_step": 0, "train_time_s": 0.0,
                 "tokens": 0, "metrics_lines": 0}
     torch.manual_seed(t.seed)  # dropout's RNG, seeded here so that nothing done in setup shifts it
