@@ -148,7 +148,9 @@ def median(xs: list[float]) -> float:
 
 
 def free_memory(device: torch.device) -> None:
-    """Between configurations: drop what the previous one left and start a fresh peak count."""
+    """Between configurations: drop what the previous one left (compiled graphs included, so each model
+    compiles afresh instead of exhausting dynamo's recompile limit) and start a fresh peak count."""
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

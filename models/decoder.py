@@ -249,7 +249,7 @@ class Decoder(nn.Module):
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for layer in self.layers:
             if recompute:
-                x = checkpoint(layer, x, cos, sin, mask, is_causal, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, is_causal, None, 0, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask, is_causal, kv_cache, cache_start)
         return self.norm(x)
