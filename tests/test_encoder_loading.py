@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from encoder_helpers import minilm_dir  # noqa: F401 (fixture)
 from models.encoder import Encoder, EncoderConfig
 from models.encoder_families import FAMILIES, checkpoint_key, load_encoder, load_encoder_config
 from models.safetensors_io import load_safetensors, save_safetensors
@@ -92,3 +93,23 @@ def test_meta_device_build_counts_parameters():
         model = Encoder(cfg)
     # RoBERTa-base's body: 124,645,632 parameters with its pooler (HF RobertaModel), 590,592 of them the pooler
     assert sum(p.numel() for p in model.parameters()) == 124_645_632 - 590_592
+
+
+def test_minilm_golden_values(minilm_dir):
+    """Without the oracle installed: our tokenizer + encoder on the real MiniLM reproduce values that
+    transformers 5.24's BertTokenizerFast and BertModel gave for this exact input (recorded once; the
+    oracle tests in test_encoder_parity.py and test_wordpiece.py check the same path more widely)."""
+    from data.wordpiece_tokenizer import WordPieceTokenizer
+    tok = WordPieceTokenizer.from_dir(minilm_dir)
+    ids, types = tok.encode_pair("GiVA scales two vectors.", "The bases come from a gradient.")
+    assert ids == [101, 21025, 3567, 9539, 2048, 19019, 1012, 102, 1996, 7888, 2272, 2013, 1037, 17978, 1012, 102]
+    assert types == [0] * 8 + [1] * 8
+    model = load_encoder(minilm_dir).eval()
+    with torch.no_grad():
+        h = model.forward_hidden(torch.tensor([ids]), token_type_ids=torch.tensor([types]))[0]  # (T, D)
+        pooled = model.pooler(h[None])[0]
+    golden = torch.tensor
+    torch.testing.assert_close(h[0, :4], golden([0.01831, -0.6196, -0.13568, 0.18131]), atol=2e-5, rtol=0)
+    torch.testing.assert_close(h[-1, :4], golden([-0.19223, -0.95838, 0.04942, -0.00266]), atol=2e-5, rtol=0)
+    torch.testing.assert_close(pooled[:4], golden([0.00137, -0.09794, -0.0273, 0.06969]), atol=2e-5, rtol=0)
+    assert abs(h.abs().mean().item() - 0.345996) < 2e-6
