@@ -33,10 +33,11 @@ def test_only_adapter_vectors_and_head_change(minilm_dir):
     task = ClassificationTask(train, val, pair_encoder(tok, "bert"), tok.pad_id, 2, "accuracy")
     model = load_encoder(minilm_dir, num_labels=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    finetune(model, task, AdapterConfig(method="giva", r=8, targets=["query", "key", "value", "dense"]),
+    # two targets keep the probe's SVDs (the slow part on a CPU) few; the demo test covers all four
+    finetune(model, task, AdapterConfig(method="giva", r=8, targets=["query", "value"]),
              epochs=1, batch_size=16, lr=1e-2, log=lambda *_: None)
     after = model.state_dict()
     changed = {k for k in after if k in before and not torch.equal(after[k], before[k])}
     assert changed == {"classifier.weight", "classifier.bias"}  # every base weight is bitwise unchanged
     lambdas = [v for k, v in after.items() if k.endswith("giva_lambda_o")]
-    assert len(lambdas) == 37 and all(v.abs().sum() > 0 for v in lambdas)  # 6 * 6 + pooler, all trained
+    assert len(lambdas) == 12 and all(v.abs().sum() > 0 for v in lambdas)  # 6 layers x 2 targets, all trained
