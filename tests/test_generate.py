@@ -7,11 +7,12 @@ uses most, so EOS really ends some rows early (asserted), which exercises the pe
 search, the finished-hypothesis bookkeeping and the early-stopping heuristic.
 """
 from collections import Counter
+from itertools import product
 
 import pytest
 import torch
 
-from models import load_model
+from models import Decoder, DecoderConfig, load_model
 from models.generate import generate
 
 COMMON = dict(vocab_size=160, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -145,6 +146,41 @@ def test_greedy_equals_argmax_of_full_forward(models):
             for _ in range(N_NEW):
                 ids.append(int(ours(torch.tensor([ids]))[0, -1].argmax()))
         assert new == ids[len(prompt):]
+
+
+def _exhaustive_best(model, prompt, n, eos, length_penalty) -> list[int]:
+    """The hypothesis maximising sum_logprob / n_tokens ** length_penalty over EVERY continuation of at most
+    n tokens (ending at the first EOS, or at n tokens), found by scoring all vocab ** n sequences at once."""
+    V = model.cfg.vocab_size
+    seqs = torch.tensor(list(product(range(V), repeat=n)))  # (V**n, n)
+    ids = torch.cat((torch.tensor(prompt).expand(len(seqs), -1), seqs), 1)  # (V**n, P + n)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids)[:, len(prompt) - 1:-1].float(), -1)  # (V**n, n, V)
+    cum = logp.gather(-1, seqs[..., None])[..., 0].cumsum(-1)  # (V**n, n)
+    is_eos = seqs == eos if eos is not None else torch.zeros_like(seqs, dtype=torch.bool)  # (V**n, n)
+    length = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, n)  # (V**n,) through the first EOS
+    score = cum.gather(-1, (length - 1)[:, None])[:, 0] / length.float() ** length_penalty  # (V**n,)
+    i = int(score.argmax())
+    return seqs[i, :length[i]].tolist()
+
+
+@pytest.mark.parametrize("eos, length_penalty", [(None, 1.0), (0, 1.0), (0, 0.5), (0, -1.0)])
+def test_beam_search_with_every_prefix_kept_is_exhaustive_search(eos, length_penalty):
+    """No oracle needed: with k = V ** (n - 1) beams every prefix survives, so beam search must return the
+    best-scoring hypothesis of an exhaustive search (whose score is length-penalised the same way)."""
+    V, n = 5, 4
+    model = Decoder(DecoderConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                                  hidden_dim=64)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2)  # spread the logits: no near-ties between hypotheses
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, V, (length,), generator=g).tolist() for length in (5, 2, 7, 3, 4, 1)]
+    best = [_exhaustive_best(model, p, n, eos, length_penalty) for p in prompts]
+    kw = dict(eos_id=eos, length_penalty=length_penalty)
+    assert generate(model, prompts, n, num_beams=V ** (n - 1), **kw) == best
+    # the search is not trivial: two beams miss the best hypothesis somewhere, and EOS ends some of them
+    assert generate(model, prompts, n, num_beams=2, **kw) != best
+    assert eos is None or any(len(b) < n for b in best)
 
 
 def test_eos_is_kept_and_nothing_follows(models):
