@@ -56,15 +56,18 @@ def main():
     p.add_argument("--rows", type=int, default=30)
     p.add_argument("--compile", action="store_true", help="also time blocks compiled with torch.compile")
     p.add_argument("--no-hf", action="store_true")
+    p.add_argument("--shape", default="olmo2-7b", choices=list(C.SHAPES))
+    p.add_argument("--compiled-only", action="store_true", help="profile only ours with compiled blocks")
     args = p.parse_args()
     device = torch.device("cpu") if args.smoke else C.pick_device()
     if args.smoke:
         args.warmup, args.iters = 1, 1
-    shape = C.shapes_for(["olmo2-7b"], args.smoke)[0]
+    shape = C.shapes_for([args.shape], args.smoke)[0]
     r = TS.RANKS[shape.name]
-    variant("ours giva", shape, "giva", r["giva"], device, args, show=True)
-    variant("ours lora", shape, "lora", r["lora"], device, args)
-    if args.compile:
+    if not args.compiled_only:
+        variant("ours giva", shape, "giva", r["giva"], device, args, show=True)
+        variant("ours lora", shape, "lora", r["lora"], device, args)
+    if args.compile or args.compiled_only:
         variant("ours giva compiled blocks", shape, "giva", r["giva"], device, args, compile_blocks=True, show=True)
     if not args.no_hf:
         model = C.hf_peft(C.hf_model(shape, device, C.weights_dtype(device), training=True), "lora", r["lora"])
