@@ -13,32 +13,22 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from data.classification import ClassificationTask, build_demo_task, build_glue_task
 from data.collate import IGNORE, collate_left_padded, special_ids
 from data.glue import GLUE_TASKS
 from data.metamath import load_splits
-
-
-def _chunk_loss(hidden, targets, lm_head):
-    logits = lm_head(hidden).float()  # (B, t, V) fp32, only this chunk's
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+from models.lm_loss import linear_cross_entropy
 
 
 def chunked_cross_entropy(hidden, lm_head, labels, chunk: int):
     """Sum of next-token losses over the labelled positions, and their count, without ever holding the
-    whole (B, T, V) fp32 logits: each chunk of positions goes through lm_head on its own and, when
-    training, is recomputed in the backward pass (activation checkpointing) instead of being kept."""
-    hidden, targets = hidden[:, :-1], labels[:, 1:]  # (B, T-1, D), (B, T-1): hidden[t] predicts token t+1
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, targets.shape[1], chunk):
-        h, t = hidden[:, s:s + chunk], targets[:, s:s + chunk]
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss, h, t, lm_head, use_reentrant=False)
-        else:
-            total = total + _chunk_loss(h, t, lm_head)
+    whole (B, T, V) fp32 logits: models/lm_loss.py takes `chunk` sequence positions of every row at a time
+    and computes the gradient w.r.t. the hidden states as it goes (no recomputation in the backward)."""
+    B, T, _ = hidden.shape
+    # hidden[t] predicts token t+1; the last position predicts nothing (IGNORE), which keeps hidden a view
+    targets = torch.cat([labels[:, 1:], labels.new_full((B, 1), IGNORE)], dim=1)  # (B, T)
+    total = linear_cross_entropy(hidden.flatten(0, 1), lm_head.weight, targets.flatten(), chunk=chunk * B)
     return total, (targets != IGNORE).sum()
 
 
