@@ -194,9 +194,21 @@ def _beam_search(model, input_ids, pad_mask, N: int, k: int, eos, length_penalty
         go_on = can_improve.any() & ~(fin_real.all() & (early_stopping is True)) & ~done.all()
         if not go_on.item():  # the one host sync per step
             break
-        cache.reorder((parent + rows).flatten())
+        _follow_parents(cache, (parent + rows).flatten(), P, P + t)
         h = _step(model, run_seqs[:, :, t].flatten(), next_pos + t, mask, cache, P + t)
     return fin_seqs[:, 0]
+
+
+def _follow_parents(cache, index: torch.Tensor, start: int, end: int) -> None:
+    """Cache rows <- rows `index`, in place, for the generated slots [start, end) only.
+
+    A beam's parent is always a beam of the same prompt, and every beam of a prompt holds the same prompt
+    keys/values, so slots [0, P) never move: the copy grows with the tokens generated so far instead of
+    costing the whole cache each step (KVCache.reorder's full index_select).
+    """
+    for layer_k, layer_v in zip(cache.k, cache.v):  # (R, n_kv_heads, max_len, head_dim) each
+        layer_k[:, :, start:end] = layer_k[index, :, start:end]
+        layer_v[:, :, start:end] = layer_v[index, :, start:end]
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
