@@ -199,16 +199,17 @@ def _beam_search(model, input_ids, pad_mask, N: int, k: int, eos, length_penalty
     return fin_seqs[:, 0]
 
 
-def _follow_parents(cache, index: torch.Tensor, start: int, end: int) -> None:
+def _follow_parents(cache: KVCache, index: torch.Tensor, start: int, end: int) -> None:
     """Cache rows <- rows `index`, in place, for the generated slots [start, end) only.
 
     A beam's parent is always a beam of the same prompt, and every beam of a prompt holds the same prompt
     keys/values, so slots [0, P) never move: the copy grows with the tokens generated so far instead of
-    costing the whole cache each step (KVCache.reorder's full index_select).
+    costing the whole cache each step (KVCache.reorder's full index_select). One copy per kind covers all
+    layers, through the cache's (n_layers, rows, n_kv_heads, max_len, head_dim) tensors.
     """
-    for layer_k, layer_v in zip(cache.k, cache.v):  # (R, n_kv_heads, max_len, head_dim) each
-        layer_k[:, :, start:end] = layer_k[index, :, start:end]
-        layer_v[:, :, start:end] = layer_v[index, :, start:end]
+    if end > start:
+        cache.k[:, :, :, start:end] = cache.k[:, index, :, start:end]
+        cache.v[:, :, :, start:end] = cache.v[:, index, :, start:end]
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -223,5 +224,4 @@ def _lengths_through_eos(tokens: torch.Tensor, eos) -> torch.Tensor:
     if eos is None:
         return torch.full((tokens.shape[0],), n, dtype=torch.long)
     is_eos = torch.isin(tokens, eos)  # (B, n)
-    first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, n)
-    return first
+    return torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, n)
