@@ -218,8 +218,9 @@ def test_eos_is_kept_and_nothing_follows(decoder):
     (dict(eos_id=[3, 999]), "eos_id 999"),
     (dict(early_stopping="yes"), "early_stopping"),
 ])
-def test_bad_arguments_are_clear_errors(eos_heavy, args, match):
-    _, ours = eos_heavy
+def test_bad_arguments_are_clear_errors(args, match):
+    ours = Decoder(DecoderConfig(vocab_size=160, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=8,
+                                 hidden_dim=64))
     call = dict(prompts=[[5, 6]], max_new_tokens=3) | args
     with pytest.raises(ValueError, match=match):
         generate(ours, call.pop("prompts"), call.pop("max_new_tokens"), **call)
