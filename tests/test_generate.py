@@ -1,6 +1,6 @@
 """models.generate against HF `generate(do_sample=False, num_beams=k)` (oracle) and against plain argmax.
 
-Each family gets a tiny random HF model saved with save_pretrained and loaded through our load_model.
+Each family (Llama, Qwen2, Mistral, OLMo-2, Phi-3) gets a tiny random HF model saved with save_pretrained and loaded through our load_model.
 Weights are drawn wider than HF's default init (std 0.3) so logits are spread out and no near-tie can flip
 between two implementations that agree to 1e-6. The EOS id is the token HF's own unconstrained output
 uses most, so EOS really ends some rows early (asserted), which exercises the per-row stop and, for beam
@@ -23,6 +23,7 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),  # q/k/v biases, tied lm_head
     "mistral": ("MistralConfig", dict(sliding_window=6)),  # the window bites during generation
     "olmo2": ("Olmo2Config", dict()),
+    "phi3": ("Phi3Config", dict(sliding_window=6)),  # fused qkv / gate_up split at load
 }
 LENGTHS = (7, 3, 12, 5)  # one prompt batched with longer and shorter ones
 N_NEW = 14
