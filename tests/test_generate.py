@@ -1,10 +1,14 @@
-"""models.generate against HF `generate(do_sample=False, num_beams=k)` (oracle) and against plain argmax.
+"""models.generate against HF `generate(do_sample=False, num_beams=k)` (oracle), and oracle-free identities.
 
-Each family (Llama, Qwen2, Mistral, OLMo-2, Phi-3) gets a tiny random HF model saved with save_pretrained and loaded through our load_model.
-Weights are drawn wider than HF's default init (std 0.3) so logits are spread out and no near-tie can flip
-between two implementations that agree to 1e-6. The EOS id is the token HF's own unconstrained output
-uses most, so EOS really ends some rows early (asserted), which exercises the per-row stop and, for beam
-search, the finished-hypothesis bookkeeping and the early-stopping heuristic.
+Oracle: each family (Llama, Qwen2, Mistral, OLMo-2, Phi-3) gets a tiny random HF model saved with
+save_pretrained and loaded through our load_model. Weights are drawn wider than HF's default init (std 0.3)
+so logits are spread out and no near-tie can flip between two implementations that agree to 1e-6. The EOS
+id is a token HF's own unconstrained output uses often and that ends some row early (asserted), which
+exercises the per-row stop; a Llama with two deliberately likely EOS tokens drives beam search through its
+finished-hypothesis bookkeeping, early-stopping heuristic and length penalties.
+
+Without the oracle: greedy equals the argmax of cache-free forwards, and beam search with every prefix kept
+equals exhaustive search.
 """
 from collections import Counter
 from itertools import product
