@@ -197,6 +197,10 @@ class Encoder(nn.Module):
     def forward_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) long; attention_mask (B, T) bool/0-1, True = real token -> last hidden (B, T, D)."""
+        longest = input_ids.shape[1] + (0 if self.cfg.position_offset is None else self.cfg.position_offset + 1)
+        if longest > self.cfg.max_positions:
+            raise ValueError(f"{input_ids.shape[1]} tokens need position {longest - 1}, but the model has "
+                             f"{self.cfg.max_positions} position embeddings: truncate the input")
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         x = self.embeddings(input_ids, token_type_ids)
         for layer in self.encoder.layer:
@@ -209,7 +213,7 @@ class Encoder(nn.Module):
         if self.classifier is None:
             raise ValueError("Encoder.forward needs a classification head: build it with num_labels >= 1")
         hidden = self.forward_hidden(input_ids, attention_mask, token_type_ids)
-        if isinstance(self.classifier, ClsMLPHead):
+        if self.cfg.classifier == "cls_mlp":
             return self.classifier(hidden)
         return self.classifier(self.classifier_dropout(self.pooler(hidden)))
 

@@ -113,3 +113,12 @@ def test_minilm_golden_values(minilm_dir):
     torch.testing.assert_close(h[-1, :4], golden([-0.19223, -0.95838, 0.04942, -0.00266]), atol=2e-5, rtol=0)
     torch.testing.assert_close(pooled[:4], golden([0.00137, -0.09794, -0.0273, 0.06969]), atol=2e-5, rtol=0)
     assert abs(h.abs().mean().item() - 0.345996) < 2e-6
+
+
+def test_too_long_input_is_a_clear_error():
+    cfg = EncoderConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_positions=10,
+                        pad_id=1, position_offset=1, pooler=False, classifier="cls_mlp")
+    model = Encoder(cfg)
+    model.forward_hidden(torch.full((1, 8), 5))  # positions 2..9: fits
+    with pytest.raises(ValueError, match="9 tokens need position 10, but the model has 10 position embeddings"):
+        model.forward_hidden(torch.full((1, 9), 5))
