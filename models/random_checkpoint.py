@@ -83,10 +83,12 @@ def write_tokenizer(path):
     return len(vocab)
 
 
-def write_random_checkpoint(path, family="llama", seed=0, dtype=torch.float32, **config_overrides) -> Path:
+def write_random_checkpoint(path, family="llama", seed=0, dtype=torch.float32, device="cpu",
+                            **config_overrides) -> Path:
     """A tiny random `family` model in the publisher layout at `path`; `config_overrides` are DecoderConfig
     fields (e.g. n_layers=1). Weights ~ N(0, 0.02); norm weights 1 + N(0, 0.1) and biases N(0, 0.02), so
-    no tensor is trivially the identity."""
+    no tensor is trivially the identity. `device="cuda"` draws the weights there (a 7B-shaped model in
+    seconds instead of minutes; other random numbers than on the CPU)."""
     path = Path(path)
     cfg = tiny_config(family, **config_overrides)
     fam = FAMILIES[family]
@@ -95,14 +97,15 @@ def write_random_checkpoint(path, family="llama", seed=0, dtype=torch.float32, *
     n_tokens = len(bytes_to_unicode()) + len(SPECIAL_TOKENS)
     if cfg.vocab_size < n_tokens:
         raise ValueError(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {n_tokens} tokens")
-    gen = torch.Generator().manual_seed(seed)
-    model = fam.build(cfg)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.device(device):
+        model = fam.build(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen, device=device))
             else:
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen, device=device))
     path.mkdir(parents=True, exist_ok=True)
     _write_json(path / "config.json", raw)
     if load_config(path) != cfg:
