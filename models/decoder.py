@@ -137,10 +137,8 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
-            end = cache_start + T
-            kv_cache.k[self.layer_idx][:, :, cache_start:end] = k
-            kv_cache.v[self.layer_idx][:, :, cache_start:end] = v
-            k, v = kv_cache.k[self.layer_idx][:, :, :end], kv_cache.v[self.layer_idx][:, :, :end]  # (B, K, S, Dh)
+            out = self._cached_attention(q, k, v, mask, is_causal, kv_cache, cache_start)  # (B, H, T, Dh)
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         n_rep = self.n_heads // self.n_kv_heads
         gqa = n_rep > 1 and mask is None  # SDPA's own GQA keeps the fast kernels only without a mask
         if n_rep > 1 and mask is not None:
@@ -149,6 +147,37 @@ class Attention(nn.Module):
             v = v[:, :, None].expand(B, self.n_kv_heads, n_rep, S, self.head_dim).reshape(B, self.n_heads, S, -1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _cached_attention(self, q, k, v, mask, is_causal, kv_cache, cache_start):
+        """Write the T new keys/values into the cache, attend over its first S slots; (B, H, T, Dh).
+
+        cache_start an int: slots [cache_start, cache_start + T), S = cache_start + T (dynamic shapes).
+        cache_start a 0-dim long tensor: slots cache_start + arange(T) by index_copy_, S = mask.shape[-1]
+        (fixed by the caller), so the step has static shapes and addresses and can be replayed as a CUDA graph.
+        With GQA the cache is never expanded to all heads: the n_rep query heads of each kv head are folded
+        into the query length, (B, K, n_rep * T, Dh), and the mask is repeated along it to match.
+        """
+        B, H, T, Dh = q.shape
+        K, n_rep = self.n_kv_heads, self.n_heads // self.n_kv_heads
+        cache_k, cache_v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]  # (B, K, max_len, Dh)
+        if isinstance(cache_start, torch.Tensor):
+            slots = cache_start + torch.arange(T, device=q.device)  # (T,)
+            cache_k.index_copy_(2, slots, k)
+            cache_v.index_copy_(2, slots, v)
+            S = mask.shape[-1]
+        else:
+            S = cache_start + T
+            cache_k[:, :, cache_start:S] = k
+            cache_v[:, :, cache_start:S] = v
+        k, v = cache_k[:, :, :S], cache_v[:, :, :S]  # (B, K, S, Dh)
+        if n_rep == 1:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        if mask is None and is_causal:  # causal over folded rows would be wrong: SDPA's own GQA instead
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if mask is not None:
+            mask = mask.expand(-1, -1, n_rep, -1) if T == 1 else mask.repeat(1, 1, n_rep, 1)  # (B|1, 1, n_rep*T, S)
+        out = F.scaled_dot_product_attention(q.reshape(B, K, n_rep * T, Dh), k, v, attn_mask=mask)
+        return out.view(B, H, T, Dh)
 
 
 class MLP(nn.Module):
@@ -219,19 +248,29 @@ class Decoder(nn.Module):
         self.materialize_buffers(self.inv_freq.device)
         return self
 
-    def forward(self, input_ids, positions=None, pad_mask=None, kv_cache=None, cache_start=0):
+    def forward(self, input_ids, positions=None, pad_mask=None, kv_cache=None, cache_start=0, cache_slots=None):
         """Logits (B, T, V). See forward_hidden for the arguments."""
-        return self.lm_head(self.forward_hidden(input_ids, positions, pad_mask, kv_cache, cache_start))
+        return self.lm_head(self.forward_hidden(input_ids, positions, pad_mask, kv_cache, cache_start, cache_slots))
 
-    def forward_hidden(self, input_ids, positions=None, pad_mask=None, kv_cache=None, cache_start=0):
+    def forward_hidden(self, input_ids, positions=None, pad_mask=None, kv_cache=None, cache_start=0,
+                       cache_slots=None):
         """Final-normed hidden states (B, T, D).
 
         input_ids (B, T) long. positions (B, T) long, default cache_start + arange(T). pad_mask (B, S) bool,
         True = real token, S = cache_start + T with a cache, else T. kv_cache: models.kv_cache.KVCache; the T
         new keys/values go to slots [cache_start, cache_start + T) and queries attend over slots [0, S).
+
+        Static decode steps (CUDA graphs): cache_start a 0-dim long tensor on the model's device and
+        cache_slots an int; then S = cache_slots (pad_mask (B, S)), so shapes do not depend on cache_start.
+        The mask is the same as above: slots after the query's own (not yet written) are excluded by causality.
         """
         B, T = input_ids.shape
-        S = cache_start + T if kv_cache is not None else T
+        static = isinstance(cache_start, torch.Tensor)
+        if static and (kv_cache is None or cache_slots is None or cache_start.dim() != 0):
+            raise ValueError("a tensor cache_start (static step) needs a kv_cache, cache_slots and a 0-dim tensor")
+        if cache_slots is not None and not static:
+            raise ValueError("cache_slots is only meaningful with a 0-dim tensor cache_start")
+        S = cache_slots if static else cache_start + T if kv_cache is not None else T
         if kv_cache is None and cache_start:
             raise ValueError("cache_start is only meaningful with a kv_cache")
         if kv_cache is not None and S > kv_cache.max_len:
@@ -240,7 +279,7 @@ class Decoder(nn.Module):
             raise ValueError(f"pad_mask has shape {tuple(pad_mask.shape)}, expected (batch, slots) = {(B, S)}")
         device = input_ids.device
         if positions is None:
-            positions = torch.arange(cache_start, cache_start + T, device=device)[None]  # (1, T)
+            positions = cache_start + torch.arange(T, device=device)[None]  # (1, T)
         x = self.embed_tokens(input_ids)  # (B, T, D)
         freqs = positions[..., None].float() * self.inv_freq  # (B|1, T, rotary_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B|1, 1, T, rotary_dim)
@@ -258,12 +297,13 @@ class Decoder(nn.Module):
         """(mask (B|1, 1, T, S) bool or None, is_causal) for SDPA; None where SDPA's own paths are exact."""
         window = self.cfg.sliding_window
         window_bites = window is not None and S > window
-        if pad_mask is None and not window_bites:
+        static = isinstance(cache_start, torch.Tensor)  # always an explicit mask: S is not cache_start + T
+        if pad_mask is None and not window_bites and not static:
             if cache_start == 0:
                 return None, T > 1
             if T == 1:
                 return None, False
-        q_slot = torch.arange(cache_start, cache_start + T, device=device)[:, None]  # (T, 1)
+        q_slot = cache_start + torch.arange(T, device=device)[:, None]  # (T, 1)
         k_slot = torch.arange(S, device=device)[None, :]  # (1, S)
         allowed = k_slot <= q_slot  # (T, S)
         if window_bites:

@@ -27,6 +27,17 @@ class KVCache:
         return self.k.shape[1]
 
     def reorder(self, index: torch.Tensor):
-        """Keep batch rows `index` (long, (new_batch,)) in that order: beam search's parent selection."""
+        """Keep batch rows `index` (long, (new_batch,)) in that order (new tensors; the batch may change)."""
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
+
+    def copy_rows_(self, index: torch.Tensor, start: int, end: int):
+        """Row r <- row index[r] for slots [start, end) only, in place: beam search's parent selection.
+
+        The tensors keep their addresses (a captured CUDA graph keeps reading them), and the copy costs the
+        slot range only: beams of one prompt share its prompt slots, so only the generated ones must move.
+        One copy per kind covers all layers.
+        """
+        if end > start:
+            self.k[:, :, :, start:end] = self.k[:, index, :, start:end]
+            self.v[:, :, :, start:end] = self.v[:, index, :, start:end]

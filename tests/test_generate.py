@@ -7,16 +7,21 @@ id is a token HF's own unconstrained output uses often and that ends some row ea
 exercises the per-row stop; a Llama with two deliberately likely EOS tokens drives beam search through its
 finished-hypothesis bookkeeping, early-stopping heuristic and length penalties.
 
-Without the oracle: greedy equals the argmax of cache-free forwards, and beam search with every prefix kept
-equals exhaustive search.
+Without the oracle: greedy equals the argmax of cache-free forwards, beam search with every prefix kept
+equals exhaustive search, and the static decode step (the one replayed as a CUDA graph) equals the
+dynamic-shape step.
+
+Every test runs with small attention buckets and frequent "all finished?" host checks (`_small_steps`), so
+these tiny generations cross several buckets and stop through the periodic check, as long ones do.
 """
+import importlib
 from collections import Counter
 from itertools import product
 
 import pytest
 import torch
 
-from models import Decoder, DecoderConfig, load_model
+from models import Decoder, DecoderConfig, KVCache, load_model
 from models.generate import generate
 
 COMMON = dict(vocab_size=160, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -31,6 +36,15 @@ FAMILIES = {
 }
 LENGTHS = (7, 3, 12, 5)  # one prompt batched with longer and shorter ones
 N_NEW = 14
+generation = importlib.import_module("models.generate")  # the module: `models.generate` is the function
+
+
+@pytest.fixture(autouse=True)
+def _small_steps(monkeypatch):
+    """Buckets of 8 slots (prompts of 3-12 tokens + 14 new ones span 3 or 4 of them) and a host check every
+    3 steps (a search that stops early stops through it, after running frozen for up to 2 steps)."""
+    monkeypatch.setattr(generation, "_BUCKET", 8)
+    monkeypatch.setattr(generation, "_CHECK_EVERY", 3)
 
 
 def _prompts(vocab: int, seed: int = 0) -> list[list[int]]:
@@ -211,6 +225,43 @@ def test_eos_is_kept_and_nothing_follows(decoder):
     for f, g in zip(free, got):
         stop = f.index(eos) + 1 if eos in f else N_NEW
         assert g == f[:stop]
+
+
+def test_static_step_logits_equal_dynamic_step(decoder):
+    """The decoder's static step (tensor cache_start, attention over a fixed number of slots) gives the
+    dynamic step's logits, step after step, on a left-padded batch with GQA (and a biting window)."""
+    ours = decoder
+    prompts = _prompts(ours.cfg.vocab_size, seed=4)
+    P, n_slots = max(LENGTHS), max(LENGTHS) + N_NEW
+    ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
+    pad_mask = ids != 0  # prompts draw from [2, vocab): 0 is padding only
+    mask = torch.cat((pad_mask, torch.ones(len(prompts), n_slots - P, dtype=torch.bool)), 1)  # (B, slots)
+    positions = (pad_mask.cumsum(-1) - 1).clamp(min=0)
+    caches = [KVCache.for_model(ours, len(prompts), n_slots) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            ours(ids, positions=positions, pad_mask=pad_mask, kv_cache=cache)
+        tok, pos = ids[:, -1:], positions[:, -1:]
+        for slot in range(P, n_slots):
+            tok, pos = (tok * 7 + 3) % ours.cfg.vocab_size, pos + 1  # any tokens will do
+            dynamic = ours(tok, positions=pos, pad_mask=mask[:, :slot + 1], kv_cache=caches[0], cache_start=slot)
+            static = ours(tok, positions=pos, pad_mask=mask, kv_cache=caches[1], cache_start=torch.tensor(slot),
+                          cache_slots=n_slots)
+            torch.testing.assert_close(static, dynamic, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(caches[1].k, caches[0].k, rtol=1e-5, atol=1e-5)  # same keys in the same slots
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_static_generation_equals_dynamic_generation(decoder, num_beams):
+    """Token for token on a left-padded batch whose rows end at different steps."""
+    ours = decoder
+    prompts = _prompts(ours.cfg.vocab_size, seed=5)
+    free = generate(ours, prompts, N_NEW, num_beams=num_beams, static=False)
+    eos = Counter(t for r in free for t in r).most_common(1)[0][0]
+    dynamic = generate(ours, prompts, N_NEW, num_beams=num_beams, eos_id=eos, static=False)
+    assert len({len(r) for r in dynamic}) > 1  # rows stop at different steps
+    assert generate(ours, prompts, N_NEW, num_beams=num_beams, eos_id=eos) == dynamic
+    assert generate(ours, prompts, N_NEW, num_beams=num_beams) == free
 
 
 @pytest.mark.parametrize("args, match", [
