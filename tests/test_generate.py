@@ -154,6 +154,14 @@ def test_beam_matches_hf_when_eos_is_likely(eos_heavy, kwargs, eos):
     assert sum(len(r) < N_NEW for r in got) >= len(prompts) // 2
 
 
+def test_greedy_matches_hf_when_every_row_stops_early(eos_heavy):
+    """Greedy stops through the periodic host check (every row has ended) and still equals HF."""
+    hf, ours = eos_heavy
+    prompts = [p for seed in range(1, 3) for p in _prompts(ours.cfg.vocab_size, seed)]
+    got = _check(hf, ours, prompts, 1, list(LIKELY_EOS))
+    assert max(map(len, got)) < N_NEW - generation._CHECK_EVERY
+
+
 DECODERS = {  # built directly, no oracle: these tests run without transformers
     "gqa_bias_window": dict(qkv_bias=True, sliding_window=6),
     "olmo2_like_tied": dict(qk_norm=True, post_norm=True, tie_embeddings=True),
