@@ -17,7 +17,9 @@ go to a slot held in a device tensor, and attention covers the cache's first S s
 bucket of _BUCKET slots (causality masks the unwritten ones), so one CUDA graph per bucket replays every
 step on CUDA (captured on first use; on CPU the same step runs eagerly). The token bookkeeping between
 steps is a few tensor ops with no host sync; whether every row (greedy) or the search (beam) has finished
-is read on the host only every _CHECK_EVERY steps, so the GPU never waits for Python.
+is read on the host only every _CHECK_EVERY steps, so the GPU never waits for Python. Beam search keeps two
+caches and, before each step, gathers the survivors' generated slots from one into the other (one read
+and one write of those slots; the prompt slots, shared by a prompt's beams, never move).
 """
 import torch
 
@@ -219,7 +221,9 @@ def _beam_search(model, input_ids, pad_mask, N: int, k: int, eos, length_penalty
     rows = torch.arange(B, device=dev)[:, None] * k  # (B, 1) first cache row of each prompt
 
     cache, logits, mask, next_pos = _prefill(model, input_ids, pad_mask, N, static, copies=k)
-    step = _DecodeStep(model, cache, mask, static, graph)
+    # two caches, roles swapped each step: the survivors' histories are gathered from one into the other
+    caches = (cache, cache.clone())
+    steps = [_DecodeStep(model, c, mask, static, graph) for c in caches]
     run_seqs = torch.zeros(B, k, N, dtype=torch.long, device=dev)
     run_scores = torch.full((B, k), _NEG, device=dev)
     run_scores[:, 0] = 0.0  # only beam 0 is live at first, so the k copies don't pick the same tokens
@@ -267,8 +271,8 @@ def _beam_search(model, input_ids, pad_mask, N: int, k: int, eos, length_penalty
         active &= can_improve.any() & ~(fin_real.all() & (early_stopping is True)) & ~done.all()
         if t == N - 1 or (t % _CHECK_EVERY == _CHECK_EVERY - 1 and not active.item()):
             break
-        cache.copy_rows_((parent + rows).flatten(), P, P + t)
-        logits = step(run_seqs[:, :, t].flatten(), next_pos + t, P + t)
+        caches[(t + 1) % 2].copy_rows_from(caches[t % 2], (parent + rows).flatten(), P, P + t)
+        logits = steps[(t + 1) % 2](run_seqs[:, :, t].flatten(), next_pos + t, P + t)
     return fin_seqs[:, 0]
 
 

@@ -31,13 +31,21 @@ class KVCache:
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
 
-    def copy_rows_(self, index: torch.Tensor, start: int, end: int):
-        """Row r <- row index[r] for slots [start, end) only, in place: beam search's parent selection.
+    def clone(self) -> "KVCache":
+        twin = KVCache.__new__(KVCache)
+        twin.k, twin.v, twin.max_len = self.k.clone(), self.v.clone(), self.max_len
+        return twin
 
-        The tensors keep their addresses (a captured CUDA graph keeps reading them), and the copy costs the
-        slot range only: beams of one prompt share its prompt slots, so only the generated ones must move.
-        One copy per kind covers all layers.
+    def copy_rows_from(self, src: "KVCache", index: torch.Tensor, start: int, end: int):
+        """Row r <- row index[r] of `src`, slots [start, end) only: beam search's parent selection.
+
+        One index_select per kind, written straight into this cache (its tensors keep their addresses, so
+        a captured CUDA graph keeps reading them): one read and one write of the slot range, where an
+        in-place gather would need a temporary and a second pass. `src` must be another cache (the rows
+        would overwrite one another), e.g. its `clone()`, alternating roles step by step.
         """
+        if src is self or src.k.data_ptr() == self.k.data_ptr():
+            raise ValueError("KVCache.copy_rows_from: src must be a different cache (use clone())")
         if end > start:
-            self.k[:, :, :, start:end] = self.k[:, index, :, start:end]
-            self.v[:, :, :, start:end] = self.v[:, index, :, start:end]
+            torch.index_select(src.k[:, :, :, start:end], 1, index, out=self.k[:, :, :, start:end])
+            torch.index_select(src.v[:, :, :, start:end], 1, index, out=self.v[:, :, :, start:end])

@@ -272,6 +272,22 @@ def test_static_generation_equals_dynamic_generation(decoder, num_beams):
     assert generate(ours, prompts, N_NEW, num_beams=num_beams) == free
 
 
+def test_copy_rows_from_gathers_the_slot_range_only():
+    src = KVCache(2, 4, 2, 10, 3)
+    src.k.normal_(), src.v.normal_()
+    dst = src.clone()
+    dst.k[:, :, :, 4:7] = 0
+    index = torch.tensor([3, 0, 0, 2])
+    k_ptr = dst.k.data_ptr()
+    dst.copy_rows_from(src, index, 4, 7)
+    assert dst.k.data_ptr() == k_ptr
+    for got, ref in ((dst.k, src.k), (dst.v, src.v)):
+        assert torch.equal(got[:, :, :, 4:7], ref[:, index, :, 4:7])
+        assert torch.equal(got[:, :, :, :4], ref[:, :, :, :4]) and torch.equal(got[:, :, :, 7:], ref[:, :, :, 7:])
+    with pytest.raises(ValueError, match="different cache"):
+        src.copy_rows_from(src, index, 4, 7)
+
+
 @pytest.mark.parametrize("args, match", [
     (dict(prompts=[]), "prompts is empty"),
     (dict(prompts=[[5], []]), "prompt 1 is empty"),
