@@ -177,7 +177,7 @@ class Attention(nn.Module):
         if mask is not None:
             mask = mask.expand(-1, -1, n_rep, -1) if T == 1 else mask.repeat(1, 1, n_rep, 1)  # (B|1, 1, n_rep*T, S)
         out = F.scaled_dot_product_attention(q.reshape(B, K, n_rep * T, Dh), k, v, attn_mask=mask)
-        return out.view(B, H, T, Dh)
+        return out.reshape(B, H, T, Dh)  # a copy only where SDPA's output is not laid out (B, K, n_rep*T, Dh)
 
 
 class MLP(nn.Module):

@@ -158,7 +158,8 @@ class _DecodeStep:
         if S not in self.graphs:
             self.graphs[S] = self._capture(S)
         graph, logits = self.graphs[S]
-        graph.replay()
+        with torch.cuda.device(self.tok.device):
+            graph.replay()
         return logits
 
     def _forward(self, S: int) -> torch.Tensor:
@@ -171,14 +172,15 @@ class _DecodeStep:
         """Warm up on a side stream (lazy library init must not happen during capture), then capture.
         The warm-up writes the same keys/values at the same slot as the replay that follows, so it is
         harmless."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._forward(S)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits = self._forward(S)
+        with torch.cuda.device(self.tok.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._forward(S)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = self._forward(S)
         return graph, logits
 
 

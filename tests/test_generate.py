@@ -272,6 +272,24 @@ def test_static_generation_equals_dynamic_generation(decoder, num_beams):
     assert generate(ours, prompts, N_NEW, num_beams=num_beams) == free
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_cuda_graph_replay_equals_dynamic_generation(decoder, num_beams, monkeypatch):
+    """On the GPU (fp32): the graphed static steps give the dynamic path's tokens, and graphs were used."""
+    ours = decoder.cuda()
+    captured = []
+    capture = generation._DecodeStep._capture
+    monkeypatch.setattr(generation._DecodeStep, "_capture", lambda self, S: captured.append(S) or capture(self, S))
+    prompts = _prompts(ours.cfg.vocab_size, seed=5)
+    free = generate(ours, prompts, N_NEW, num_beams=num_beams, static=False)
+    eos = Counter(t for r in free for t in r).most_common(1)[0][0]
+    for eos_id, expect in ((None, free), (eos, generate(ours, prompts, N_NEW, num_beams=num_beams, eos_id=eos,
+                                                          static=False))):
+        assert generate(ours, prompts, N_NEW, num_beams=num_beams, eos_id=eos_id) == expect
+        assert generate(ours, prompts, N_NEW, num_beams=num_beams, eos_id=eos_id, use_cuda_graph=False) == expect
+    assert len(set(captured)) > 1  # several buckets, each replayed from its graph
+
+
 def test_copy_rows_from_gathers_the_slot_range_only():
     src = KVCache(2, 4, 2, 10, 3)
     src.k.normal_(), src.v.normal_()
