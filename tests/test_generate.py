@@ -269,7 +269,6 @@ def test_static_generation_equals_dynamic_generation(decoder, num_beams):
     dynamic = generate(ours, prompts, N_NEW, num_beams=num_beams, eos_id=eos, static=False)
     assert len({len(r) for r in dynamic}) > 1  # rows stop at different steps
     assert generate(ours, prompts, N_NEW, num_beams=num_beams, eos_id=eos) == dynamic
-    assert generate(ours, prompts, N_NEW, num_beams=num_beams) == free
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
