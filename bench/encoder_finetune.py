@@ -1,9 +1,9 @@
-"""A small, complete fine-tuning loop for encoder classifiers, shared by bench/encoder_demo.py and
-bench/glue_small.py: probe -> adapters -> AdamW over the adapter tensors and the head -> per-epoch
-validation. train.py is the project's full trainer; this loop exists so the demo path and the GLUE
-benchmark can be run (and tested) on their own, and it follows the same recipe as the paper's GLUE
-runs (methods.md 7): AdamW, linear schedule with warmup, gradient clipping at 1.0, validation every
-epoch, best epoch reported. The classification head is trained fully (peft's modules_to_save).
+"""A small, complete fine-tuning loop for encoder classifiers, used by bench/glue_small.py: probe ->
+adapters -> AdamW over the adapter tensors and the head -> per-epoch validation. train.py is the project's
+full trainer (one run per YAML); this loop runs the benchmark's many task x method x seed runs in one
+process, with the same recipe as the paper's GLUE runs (methods.md 7): AdamW, linear schedule with warmup,
+gradient clipping at 1.0, validation every epoch, best epoch reported. The head trains fully (peft's
+modules_to_save).
 """
 import math
 import time
