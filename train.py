@@ -39,13 +39,12 @@ from tqdm import tqdm
 
 import giva
 from data import load_tokenizer
-from data.classification import encoder_tokenizer
 from data.synthetic_math import ensure_synthetic_files
 from data.tasks import TASKS
 from experiment import ConfigError, load_experiment
 from models import Decoder, load_config, load_model, write_random_checkpoint
 from models.encoder import Encoder
-from models.encoder_families import load_encoder, load_encoder_config, read_config_json
+from models.encoder_families import load_encoder, load_encoder_config
 from models.packaged_checkpoint import resolve_checkpoint_path
 from models.safetensors_io import atomic_file, save_safetensors
 
@@ -72,7 +71,7 @@ MODEL_KINDS = {
     "decoder": ModelKind(load_tokenizer, lambda path, dtype, device, task: load_model(path, dtype=dtype, device=device),
                          lambda path: _meta(Decoder, load_config(path))),
     # The classification head is sized by the task (GLUE's labels); heads are not adapter targets.
-    "encoder": ModelKind(lambda path: encoder_tokenizer(path, read_config_json(path)[0]["model_type"]),
+    "encoder": ModelKind(load_tokenizer,
                          lambda path, dtype, device, task: load_encoder(path, task.num_labels, dtype, device),
                          lambda path: _meta(Encoder, load_encoder_config(path))),
 }

@@ -312,11 +312,3 @@ def set_our_checkpointing(model, enabled: bool) -> str | None:
         return "Decoder has no set_activation_checkpointing" if enabled else None
     model.set_activation_checkpointing(enabled)
     return None
-
-
-def set_our_checkpointing(model, enabled: bool) -> str | None:
-    """Turn our Decoder's activation checkpointing on or off; the reason it cannot be, if it lacks the switch."""
-    if not hasattr(model, "set_activation_checkpointing"):
-        return "Decoder has no set_activation_checkpointing" if enabled else None
-    model.set_activation_checkpointing(enabled)
-    return None

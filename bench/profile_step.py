@@ -30,8 +30,7 @@ def variant(name, shape, method, r, device, args, compile_blocks=False, show=Fal
     with tempfile.TemporaryDirectory() as tmp:
         model, params = TS.build_ours(shape, method, r, device, Path(tmp))
     if compile_blocks:
-        for block in model.layers:
-            block.compile()
+        model.compile_blocks()
     from data.tasks import chunked_cross_entropy
     ids = C.random_tokens(shape.batch, shape.seq, shape.config["vocab_size"], device)
 
@@ -44,8 +43,6 @@ def variant(name, shape, method, r, device, args, compile_blocks=False, show=Fal
     print(f"{name}: {rec['tokens_per_s']:,.0f} tok/s, {C.fmt(rec['peak_gib'], '.1f')} GiB", flush=True)
     if show:
         print(profile_table(step, device, args.rows), flush=True)
-    del model, params, step
-    C.free_memory(device)
 
 
 def main():
@@ -66,9 +63,12 @@ def main():
     r = TS.RANKS[shape.name]
     if not args.compiled_only:
         variant("ours giva", shape, "giva", r["giva"], device, args, show=True)
+        C.free_memory(device)
         variant("ours lora", shape, "lora", r["lora"], device, args)
+        C.free_memory(device)
     if args.compile or args.compiled_only:
         variant("ours giva compiled blocks", shape, "giva", r["giva"], device, args, compile_blocks=True, show=True)
+        C.free_memory(device)
     if not args.no_hf:
         model = C.hf_peft(C.hf_model(shape, device, C.weights_dtype(device), training=True), "lora", r["lora"])
         params = [q for q in model.parameters() if q.requires_grad]

@@ -22,8 +22,6 @@ from .demo_data import demo_splits
 from .glue import Example, glue_file, glue_task, read_glue
 from .metrics import METRICS, accuracy
 from .pair_encoding import roberta_pairs, wrap_pair
-from .tokenizer import load_tokenizer
-from .wordpiece_tokenizer import WordPieceTokenizer
 
 PairEncoder = Callable[[str, str | None, int], tuple[list[int], list[int]]]
 
@@ -105,13 +103,6 @@ class ClassificationTask:
         if self.num_labels > 1:
             scores["accuracy"] = accuracy(preds, labels)
         return scores
-
-
-def encoder_tokenizer(path, model_type: str):
-    """The tokenizer of an encoder checkpoint folder: WordPiece for BERT, byte-level BPE (load_tokenizer) for RoBERTa."""
-    if model_type == "bert":
-        return WordPieceTokenizer.from_dir(path)
-    return load_tokenizer(path)
 
 
 def build_glue_task(tok, model_type: str, name: str, root, max_len: int = 128) -> ClassificationTask:

@@ -5,6 +5,8 @@ Which model (first present wins):
     tokenizer.json                  byte-level BPE, regex/normaliser/merges from the file (OLMo-2)
     vocab.json + merges.txt         byte-level BPE with a known pre-tokeniser (Qwen2, GPT-2, RoBERTa), chosen
                                     by tokenizer_config.json `tokenizer_class`, else config.json `model_type`
+    vocab.txt (or a WordPiece tokenizer.json)   BERT WordPiece (data/wordpiece_tokenizer.py), checked first;
+                                    its bos/eos/pad are [CLS]/[SEP]/[PAD]
 
 Added tokens (split out of the text before the model sees it), later entries overriding earlier ones by id:
 added_tokens.json, tokenizer.json `added_tokens`, tokenizer_config.json `added_tokens_decoder`; then every
@@ -23,6 +25,7 @@ from pathlib import Path
 from data.bpe_tokenizer import bpe_from_tokenizer_json, bpe_from_vocab_merges
 from data.spm_tokenizer import SentencePieceTokenizer
 from data.tokenizer_base import AddedToken, Tokenizer, read_json
+from data.wordpiece_tokenizer import WordPieceTokenizer
 
 _FLAVOUR_BY_CLASS = {"GPT2Tokenizer": "gpt2", "RobertaTokenizer": "gpt2", "Qwen2Tokenizer": "qwen2"}
 _FLAVOUR_BY_MODEL_TYPE = {"gpt2": "gpt2", "roberta": "gpt2", "qwen2": "qwen2", "qwen2_moe": "qwen2"}
@@ -37,6 +40,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     config = _optional_json(root / "tokenizer_config.json")
     spec = _optional_json(root / "tokenizer.json") if (root / "tokenizer.json").is_file() else None
     added = _added_tokens(root, config, spec)
+    if _is_wordpiece(root, spec):  # BERT: vocab.txt or a WordPiece tokenizer.json (special ids from the vocab)
+        return WordPieceTokenizer.from_dir(root)
     if (root / "tokenizer.model").is_file():
         tok = SentencePieceTokenizer(root / "tokenizer.model", added)
     elif spec is not None:
@@ -52,6 +57,12 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     tok.set_added_tokens(tok.added_tokens + _named_special_tokens(root / "tokenizer_config.json", config, tok))
     tok.bos_id, tok.eos_id, tok.pad_id = (_special_id(root, config, tok, name) for name in ("bos", "eos", "pad"))
     return tok
+
+
+def _is_wordpiece(root: Path, spec: dict | None) -> bool:
+    if spec is not None:
+        return isinstance(spec.get("model"), dict) and spec["model"].get("type") == "WordPiece"
+    return (root / "vocab.txt").is_file() and not (root / "vocab.json").is_file()
 
 
 def _optional_json(path: Path) -> dict:

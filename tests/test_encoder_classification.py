@@ -101,8 +101,8 @@ def test_demo_data_is_balanced_distinct_and_seeded():
 
 
 def test_task_builders(tmp_path, minilm_dir):
-    from data.classification import build_demo_task, build_glue_task, encoder_tokenizer
-    tok = encoder_tokenizer(minilm_dir, "bert")
+    from data.classification import build_demo_task, build_glue_task
+    tok = load_tokenizer(minilm_dir)  # WordPiece, chosen from the folder's files
     demo = build_demo_task(tok, "bert", 20, 10, seed=0)
     assert len(demo.train) == 20 and demo.train[0]["input_ids"][0] == tok.cls_id
     (tmp_path / "STS-B").mkdir()

@@ -1,7 +1,4 @@
 """A shortened demo: the real all-MiniLM-L6-v2 + GiVA on the generated sentiment data, end to end."""
-import copy
-
-import pytest
 import torch
 
 from bench.encoder_finetune import finetune

@@ -331,7 +331,7 @@ GPT2_CONFIG = {"tokenizer_class": "GPT2Tokenizer"}
      "config.json: pad_token_id"),
     (tiny_bpe_files(**{"tokenizer_config.json": {**GPT2_CONFIG, "added_tokens_decoder": {"300": {"lstrip": True}}}}), (),
      ValueError, "added_tokens_decoder['300']"),
-    ({"tokenizer.json": {"model": {"type": "WordPiece", "vocab": {}}}}, (), ValueError, "tokenizer.json: model.type"),
+    ({"tokenizer.json": {"model": {"type": "Unigram", "vocab": []}}}, (), ValueError, "tokenizer.json: model.type"),
     ({"tokenizer.json": {"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
                          "pre_tokenizer": {"type": "Metaspace"}}}, (), ValueError, "pre_tokenizer type 'Metaspace'"),
     ({"tokenizer.model": "not a protobuf"}, (), ValueError, "tokenizer.model: not a readable SentencePiece model"),
