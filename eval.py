@@ -1,8 +1,10 @@
-"""Score a model, or base + a trained adapter merged into it, on GSM8K with batched greedy generation.
+"""Score a model, or base + a trained adapter merged into it: GSM8K with batched greedy generation, or a
+classification run (the demo, GLUE) on its task's validation set.
 
     python eval.py --task gsm8k                             # the run configs/olmo2_metamath.yaml produces
     python eval.py --task gsm8k --run runs/tiny_math        # base + that run's adapter (best val loss), merged
     python eval.py --task gsm8k --model DIR                 # a bare publisher checkpoint
+    python eval.py --run runs/demo --checkpoint last        # a classification run: its task's validation metrics
     options: --limit N (first N problems), --batch-size B, --max-new-tokens N, --out FILE (predictions
              JSONL; the metrics JSON goes next to it as FILE.metrics.json), --data FILE (another GSM8K JSONL)
 
@@ -25,8 +27,10 @@ from data.gsm8k import extract_prediction, prompt, read_problems
 from experiment import ConfigError, EvalSection, load_experiment
 from models import load_model
 from models.generate import generate
-from models.safetensors_io import atomic_file
-from train import ensure_inputs
+from data.tasks import TASKS
+from models.packaged_checkpoint import resolve_checkpoint_path
+from models.safetensors_io import atomic_file, load_safetensors
+from train import MODEL_KINDS, ensure_inputs
 
 DEFAULT_CONFIG = "configs/olmo2_metamath.yaml"
 
@@ -77,9 +81,28 @@ def evaluate_gsm8k(model, tok, problems, *, max_new_tokens, batch_size, num_beam
     return records, metrics
 
 
+@torch.no_grad()
+def evaluate_classification_run(run: Path, checkpoint: str) -> dict:
+    """A classification run scored as train.py scored it: base + adapter (merged) + the trained head."""
+    exp = load_experiment(run / "config.yaml")
+    path, kind = resolve_checkpoint_path(exp.model.path), MODEL_KINDS[exp.model.kind]
+    task = TASKS[exp.data.task](exp, kind.tokenizer(path), path)
+    model = kind.load(path, torch.float32, torch.device("cpu"), task)
+    giva.load_adapter(model, run / "adapter.safetensors")
+    giva.load_adapter(model, run / f"{checkpoint}.safetensors")
+    head, _ = load_safetensors(run / f"{checkpoint}.modules.safetensors")
+    params = dict(model.named_parameters())
+    for name, value in head.items():
+        params[name].copy_(value)
+    giva.merge_adapters(model)
+    metrics = {f"val_{k}": v for k, v in task.evaluate(model.eval(), task.val).items()}
+    return {"task": exp.data.task, "run": str(run), "adapter": checkpoint, **metrics}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", required=True, choices=["gsm8k"])
+    parser.add_argument("--task", choices=["gsm8k"], help="gsm8k; leave out for a classification run's own task")
+    parser.add_argument("--checkpoint", choices=["best", "last"], help="which trained vectors (default: eval.checkpoint)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", type=Path, help="a run directory written by train.py")
     source.add_argument("--model", type=Path, help="a bare publisher checkpoint directory")
@@ -89,6 +112,12 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, help="predictions JSONL (default: in the run directory)")
     parser.add_argument("--data", type=Path, help="a GSM8K-format JSONL (default: the config's eval.path)")
     args = parser.parse_args(argv)
+    if args.task is None:
+        if args.run is None:
+            parser.error("--task gsm8k, or --run DIR of a classification run")
+        metrics = evaluate_classification_run(args.run, args.checkpoint or EvalSection().checkpoint)
+        print(json.dumps(metrics))
+        return metrics
 
     if args.model is not None:
         model_path, run, ev, exp = args.model, None, EvalSection(), None
@@ -99,7 +128,7 @@ def main(argv=None):
         run = run if run is not None else exp.run_dir()
         model_path, ev = Path(exp.model.path), exp.eval
         out = args.out or run / f"{args.task}_predictions.jsonl"
-    ev = replace(ev, limit=args.limit if args.limit is not None else ev.limit,
+    ev = replace(ev, limit=args.limit if args.limit is not None else ev.limit, checkpoint=args.checkpoint or ev.checkpoint,
                  batch_size=args.batch_size or ev.batch_size, path=str(args.data or ev.path),
                  max_new_tokens=args.max_new_tokens or ev.max_new_tokens)
     if exp is not None:

@@ -8,6 +8,7 @@ from data.wordpiece_tokenizer import WordPieceTokenizer
 from encoder_helpers import REPO, minilm_dir  # noqa: F401 (fixture)
 from giva import AdapterConfig
 from models.encoder_families import load_encoder
+import eval as eval_py
 import train
 
 
@@ -21,7 +22,9 @@ def test_shortened_demo_runs_end_to_end(minilm_dir, tmp_path):
     # lambda_o (out) + lambda_s (8) per matrix (the fully trained head is not counted, as in the paper)
     per_layer = 4 * (384 + 8) + (1536 + 8) + (384 + 8)
     assert summary["trainable_params"] == 6 * per_layer + (384 + 8)
-    assert (tmp_path / "demo" / "best.modules.safetensors").is_file()
+    # `python eval.py --run DIR` reproduces the run's final validation accuracy from the saved files alone
+    assert eval_py.main(["--run", str(tmp_path / "demo"), "--checkpoint", "last"])["val_accuracy"] == \
+        summary["val_accuracy_after"]
 
 
 def test_only_adapter_vectors_and_head_change(minilm_dir):
