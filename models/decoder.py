@@ -112,9 +112,8 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: DecoderConfig, layer_idx: int):
+    def __init__(self, cfg: DecoderConfig):
         super().__init__()
-        self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
         self.q_proj = nn.Linear(cfg.dim, q_dim, bias=cfg.qkv_bias)
@@ -127,7 +126,8 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, mask, is_causal, kv_cache=None, cache_start=0):
+    def forward(self, x, cos, sin, mask, is_causal, cache_k=None, cache_v=None, cache_start=0):
+        """cache_k, cache_v: this layer's KV cache (B, K, max_len, Dh), or None without a cache."""
         B, T, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*Dh), (B, T, K*Dh) x2
         if self.q_norm is not None:
@@ -136,8 +136,8 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv_cache is not None:
-            out = self._cached_attention(q, k, v, mask, is_causal, kv_cache, cache_start)  # (B, H, T, Dh)
+        if cache_k is not None:
+            out = self._cached_attention(q, k, v, mask, is_causal, cache_k, cache_v, cache_start)  # (B, H, T, Dh)
             return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         n_rep = self.n_heads // self.n_kv_heads
         gqa = n_rep > 1 and mask is None  # SDPA's own GQA keeps the fast kernels only without a mask
@@ -148,18 +148,21 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    def _cached_attention(self, q, k, v, mask, is_causal, kv_cache, cache_start):
+    @torch.compiler.disable  # compiled, inductor copied the cache slices into its attention's preferred layout
+    def _cached_attention(self, q, k, v, mask, is_causal, cache_k, cache_v, cache_start):
         """Write the T new keys/values into the cache, attend over its first S slots; (B, H, T, Dh).
 
         cache_start an int: slots [cache_start, cache_start + T), S = cache_start + T (dynamic shapes).
         cache_start a 0-dim long tensor: slots cache_start + arange(T) by index_copy_, S = mask.shape[-1]
         (fixed by the caller), so the step has static shapes and addresses and can be replayed as a CUDA graph.
+        Always eager, also in compiled blocks (the compiled parts are the norms, rotary, MLP around it): on the
+        GPU, inductor's lowering copied every layer's cache slices and materialised the mask each step,
+        twice the step time of eager SDPA over the cache in place.
         With GQA the cache is never expanded to all heads: the n_rep query heads of each kv head are folded
         into the query length, (B, K, n_rep * T, Dh), and the mask is repeated along it to match.
         """
         B, H, T, Dh = q.shape
         K, n_rep = self.n_kv_heads, self.n_heads // self.n_kv_heads
-        cache_k, cache_v = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]  # (B, K, max_len, Dh)
         if isinstance(cache_start, torch.Tensor):
             slots = cache_start + torch.arange(T, device=q.device)  # (T,)
             cache_k.index_copy_(2, slots, k)
@@ -194,10 +197,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: DecoderConfig, layer_idx: int):
+    def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.post_norm = cfg.post_norm
-        self.self_attn = Attention(cfg, layer_idx)
+        self.self_attn = Attention(cfg)
         self.mlp = MLP(cfg)
         if cfg.post_norm:
             self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_scale_in_fp32)
@@ -219,7 +222,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_scale_in_fp32)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -233,7 +236,12 @@ class Decoder(nn.Module):
 
     def compile_blocks(self):
         """torch.compile every block (one graph, shared by all blocks): fuses the norms, rotary, SwiGLU,
-        residual adds and adapter epilogues around the matmuls. The module keeps its names and state dict."""
+        residual adds and adapter epilogues around the matmuls, in training and in generation's decode steps
+        (each layer gets its own cache tensors, so no block depends on its index). The module keeps its names
+        and state dict."""
+        # training, prefill and the two decode step shapes (T = 1, T = beams) each need their own graphs:
+        # more than dynamo's default 8 before it would silently fall back to eager
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         for block in self.layers:
             block.compile()
 
@@ -248,35 +256,39 @@ class Decoder(nn.Module):
         self.materialize_buffers(self.inv_freq.device)
         return self
 
-    def forward(self, input_ids, positions=None, pad_mask=None, kv_cache=None, cache_start=0, cache_slots=None):
+    def forward(self, input_ids, positions=None, pad_mask=None, kv_cache=None, cache_start=0, attn_mask=None):
         """Logits (B, T, V). See forward_hidden for the arguments."""
-        return self.lm_head(self.forward_hidden(input_ids, positions, pad_mask, kv_cache, cache_start, cache_slots))
+        return self.lm_head(self.forward_hidden(input_ids, positions, pad_mask, kv_cache, cache_start, attn_mask))
 
     def forward_hidden(self, input_ids, positions=None, pad_mask=None, kv_cache=None, cache_start=0,
-                       cache_slots=None):
+                       attn_mask=None):
         """Final-normed hidden states (B, T, D).
 
         input_ids (B, T) long. positions (B, T) long, default cache_start + arange(T). pad_mask (B, S) bool,
         True = real token, S = cache_start + T with a cache, else T. kv_cache: models.kv_cache.KVCache; the T
         new keys/values go to slots [cache_start, cache_start + T) and queries attend over slots [0, S).
 
-        Static decode steps (CUDA graphs): cache_start a 0-dim long tensor on the model's device and
-        cache_slots an int; then S = cache_slots (pad_mask (B, S)), so shapes do not depend on cache_start.
-        The mask is the same as above: slots after the query's own (not yet written) are excluded by causality.
+        With a cache, `attn_mask` (B, T, S) bool may replace pad_mask: which slots each new token attends to,
+        the caller's whole mask (padding, causality, window, beam ancestry), used as given.
+        Static decode steps (CUDA graphs): cache_start a 0-dim long tensor on the model's device, with
+        attn_mask; then S = attn_mask.shape[-1], so no shape depends on cache_start.
         """
         B, T = input_ids.shape
         static = isinstance(cache_start, torch.Tensor)
-        if static and (kv_cache is None or cache_slots is None or cache_start.dim() != 0):
-            raise ValueError("a tensor cache_start (static step) needs a kv_cache, cache_slots and a 0-dim tensor")
-        if cache_slots is not None and not static:
-            raise ValueError("cache_slots is only meaningful with a 0-dim tensor cache_start")
-        S = cache_slots if static else cache_start + T if kv_cache is not None else T
-        if kv_cache is None and cache_start:
-            raise ValueError("cache_start is only meaningful with a kv_cache")
+        if static and (kv_cache is None or attn_mask is None or cache_start.dim() != 0):
+            raise ValueError("a tensor cache_start (static step) needs a kv_cache, an attn_mask and a 0-dim tensor")
+        if kv_cache is None and (cache_start or attn_mask is not None):
+            raise ValueError("cache_start and attn_mask are only meaningful with a kv_cache")
+        if attn_mask is not None and pad_mask is not None:
+            raise ValueError("pass pad_mask or attn_mask, not both: attn_mask is the whole mask")
+        S = attn_mask.shape[-1] if static else cache_start + T if kv_cache is not None else T
         if kv_cache is not None and S > kv_cache.max_len:
             raise ValueError(f"KV cache holds {kv_cache.max_len} slots, forward needs {S}")
         if pad_mask is not None and tuple(pad_mask.shape) != (B, S):
             raise ValueError(f"pad_mask has shape {tuple(pad_mask.shape)}, expected (batch, slots) = {(B, S)}")
+        if attn_mask is not None and tuple(attn_mask.shape) != (B, T, S):
+            raise ValueError(f"attn_mask has shape {tuple(attn_mask.shape)}, expected (batch, new tokens, "
+                             f"slots) = {(B, T, S)}")
         device = input_ids.device
         if positions is None:
             positions = cache_start + torch.arange(T, device=device)[None]  # (1, T)
@@ -284,21 +296,25 @@ class Decoder(nn.Module):
         freqs = positions[..., None].float() * self.inv_freq  # (B|1, T, rotary_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B|1, 1, T, rotary_dim)
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        mask, is_causal = self._attention_mask(T, S, cache_start, pad_mask, device)
+        if attn_mask is not None:
+            mask, is_causal = attn_mask[:, None], False  # (B, 1, T, S)
+        else:
+            mask, is_causal = self._attention_mask(T, S, cache_start, pad_mask, device)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if recompute:
-                x = checkpoint(layer, x, cos, sin, mask, is_causal, None, 0, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, is_causal, use_reentrant=False)
+            elif kv_cache is not None:
+                x = layer(x, cos, sin, mask, is_causal, kv_cache.k[i], kv_cache.v[i], cache_start)
             else:
-                x = layer(x, cos, sin, mask, is_causal, kv_cache, cache_start)
+                x = layer(x, cos, sin, mask, is_causal)
         return self.norm(x)
 
     def _attention_mask(self, T, S, cache_start, pad_mask, device):
         """(mask (B|1, 1, T, S) bool or None, is_causal) for SDPA; None where SDPA's own paths are exact."""
         window = self.cfg.sliding_window
         window_bites = window is not None and S > window
-        static = isinstance(cache_start, torch.Tensor)  # always an explicit mask: S is not cache_start + T
-        if pad_mask is None and not window_bites and not static:
+        if pad_mask is None and not window_bites:
             if cache_start == 0:
                 return None, T > 1
             if T == 1:

@@ -7,26 +7,26 @@ heuristic and final choice), so the paper's evaluation numbers are reproducible 
 
 Notation: B prompts, k beams, P padded prompt length, N = max_new_tokens, V vocab, K candidates per prompt.
 
-Prompts are LEFT-padded into one (B, P) batch; a row's positions count its real tokens only. The cache has
-P + N slots: one prefill forward over the B prompts fills slots [0, P) (for beam search its rows are then
-copied to B * k, so the prompts are not run k times), then each step writes one token per row at slot
-P + t. Only the last position goes through lm_head, so no (B, P, V) logits tensor is ever built.
+Prompts are LEFT-padded into one (B, P) batch; a row's positions count its real tokens only. One prefill
+forward over the B prompts fills cache slots [0, P) (the prompts are run once, also for beam search, whose
+k beams share their prompt's slots), then each step writes its new tokens after them. Only the last position
+goes through lm_head, so no (B, P, V) logits tensor is ever built.
 
 Decode steps have static shapes (the default): the step's inputs sit in fixed buffers, the new keys/values
-go to a slot held in a device tensor, and attention covers the cache's first S slots, S rounded up to a
-bucket of _BUCKET slots (causality masks the unwritten ones), so one CUDA graph per bucket replays every
-step on CUDA (captured on first use; on CPU the same step runs eagerly). The token bookkeeping between
-steps is a few tensor ops with no host sync; whether every row (greedy) or the search (beam) has finished
-is read on the host only every _CHECK_EVERY steps, so the GPU never waits for Python. Beam search keeps two
-caches and, before each step, gathers the survivors' generated slots from one into the other (one read
-and one write of those slots; the prompt slots, shared by a prompt's beams, never move).
+go to slots held in a device tensor, and attention covers the cache's first S slots, S rounded up to a
+bucket (the caller's mask hides the unwritten ones), so one CUDA graph per bucket replays every step on
+CUDA (captured on first use; on CPU the same step runs eagerly). With `Decoder.compile_blocks()` the graphs
+replay the compiled blocks. The token bookkeeping between steps is a few tensor ops with no host sync;
+whether every row (greedy) or the search (beam) has finished is read on the host only every _CHECK_EVERY
+steps, so the GPU never waits for Python. Beam search never copies cache rows: a beam's history is a set of
+slots named by its ancestry (see _beam_search).
 """
 import torch
 
 from models.kv_cache import KVCache
 
 _NEG = -1.0e9  # HF's "impossible" score; kept identical so ties and sums round the same way
-_BUCKET = 64  # static steps attend over a multiple of this many cache slots (one CUDA graph per multiple)
+_BUCKET = 64  # static steps attend over a multiple of this many slots per new token (one CUDA graph each)
 _CHECK_EVERY = 16  # steps between host reads of "all finished"
 
 
@@ -95,64 +95,65 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
     return ids, mask
 
 
-def _prefill(model, input_ids, pad_mask, max_new_tokens: int, static: bool, copies: int = 1):
-    """Run the prompts once, then give every row `copies` cache rows (beam search's k beams).
+def _prefill(model, input_ids, pad_mask, slots: int):
+    """Run the prompts once into a fresh cache of `slots` slots per row.
 
-    Returns the cache (B * copies rows, P + N slots, rounded up to a bucket when static), the last
-    position's fp32 logits (B * copies, V), the mask buffer (B * copies, cache slots) or None when no prompt
-    is padded (then the decoder's unmasked fast paths apply), and each row's next position (B * copies,).
+    Returns the cache, the last position's fp32 logits (B, V) and the prompt tokens' positions (B, P)
+    (pad slots get 0; they are never attended).
     """
-    B, P = input_ids.shape
-    slots = P + max_new_tokens
-    if static:
-        slots = -(-slots // _BUCKET) * _BUCKET
-    cache = KVCache.for_model(model, B, slots)
+    cache = KVCache.for_model(model, input_ids.shape[0], slots)
     padded = not bool(pad_mask.all())
-    positions = (pad_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P); pad slots get 0, they are never attended
+    positions = (pad_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
     hidden = model.forward_hidden(input_ids, positions=positions, pad_mask=pad_mask if padded else None,
                                   kv_cache=cache, cache_start=0)[:, -1]  # (B, dim)
-    logits = model.lm_head(hidden).float()  # (B, V)
-    mask = None
-    if padded:
-        mask = torch.ones(B, slots, dtype=torch.bool, device=input_ids.device)
-        mask[:, :P] = pad_mask
-    next_pos = pad_mask.sum(-1)  # (B,)
-    if copies > 1:
-        rows = torch.arange(B, device=input_ids.device).repeat_interleave(copies)  # (B * copies,)
-        cache.reorder(rows)
-        logits, next_pos = logits[rows], next_pos[rows]
-        mask = None if mask is None else mask[rows]
-    return cache, logits, mask, next_pos
+    return cache, model.lm_head(hidden).float(), positions
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _window_mask(key_pos: torch.Tensor, query_pos: torch.Tensor, window: int | None):
+    """(R, T, S) bool: the keys at positions key_pos (R, S) within the sliding window of queries at
+    query_pos (R, T), or None without a window."""
+    if window is None:
+        return None
+    return key_pos[:, None, :] > query_pos[:, :, None] - window
 
 
 class _DecodeStep:
-    """One token per row through the model at one cache slot: fp32 logits (R, V) of that token.
+    """T new tokens per row through the model at cache slots [slot, slot + T): fp32 logits (R * T, V).
 
-    Static: the token, position and slot are copied into fixed device buffers and the model attends over
-    the cache's first S slots (the bucket holding the slot), so the step's shapes and addresses are the same
-    for every slot of a bucket; with `graph` each bucket's step is captured once as a CUDA graph and then
-    replayed. The returned logits are then the graph's output buffer: read them before the next call.
-    Dynamic: the decoder's int cache_start path, attention over exactly slots [0, slot].
+    The caller's `visible` (R, T, max_len) bool says which slots each new token attends to (models/decoder.py's
+    attn_mask); greedy decoding feeds one token per row (T = 1), beam search a prompt's k beams as one row of
+    T = k tokens. Static: tokens, positions, slot and mask are copied into fixed device buffers and the model
+    attends over the cache's first S slots, S the end of the bucket of _BUCKET * T slots holding the new ones,
+    so every step of a bucket has the same shapes and addresses; with `graph` each bucket's step is captured
+    once as a CUDA graph and then replayed (the returned logits are then the graph's output buffer: read them
+    before the next call). Dynamic: the decoder's int cache_start path, attention over exactly slots
+    [0, slot + T).
     """
 
-    def __init__(self, model, cache: KVCache, mask, static: bool, graph: bool):
-        self.model, self.cache, self.mask, self.static, self.graph = model, cache, mask, static, graph
+    def __init__(self, model, cache: KVCache, T: int, static: bool, graph: bool):
+        self.model, self.cache, self.T, self.static, self.graph = model, cache, T, static, graph
         R, dev = cache.batch, cache.k.device
-        self.tok = torch.zeros(R, 1, dtype=torch.long, device=dev)  # (R, 1)
-        self.pos = torch.zeros(R, 1, dtype=torch.long, device=dev)  # (R, 1)
+        self.tok = torch.zeros(R, T, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(R, T, dtype=torch.long, device=dev)
         self.slot = torch.zeros((), dtype=torch.long, device=dev)
+        self.visible = torch.zeros(R, T, cache.max_len, dtype=torch.bool, device=dev)
         self.graphs = {}  # S: (CUDAGraph, its logits buffer)
 
-    def __call__(self, tok: torch.Tensor, pos: torch.Tensor, slot: int) -> torch.Tensor:
+    def __call__(self, tok: torch.Tensor, pos: torch.Tensor, slot: int, visible: torch.Tensor) -> torch.Tensor:
         if not self.static:
-            mask = None if self.mask is None else self.mask[:, :slot + 1]
-            h = self.model.forward_hidden(tok[:, None], positions=pos[:, None], pad_mask=mask,
-                                          kv_cache=self.cache, cache_start=slot)
-            return self.model.lm_head(h[:, -1]).float()
-        self.tok.copy_(tok[:, None])
-        self.pos.copy_(pos[:, None])
+            h = self.model.forward_hidden(tok, positions=pos, kv_cache=self.cache, cache_start=slot,
+                                          attn_mask=visible[:, :, :slot + self.T])  # (R, T, dim)
+            return self.model.lm_head(h).float().flatten(0, 1)
+        self.tok.copy_(tok)
+        self.pos.copy_(pos)
         self.slot.fill_(slot)
-        S = min(self.cache.max_len, (slot // _BUCKET + 1) * _BUCKET)
+        self.visible.copy_(visible)
+        bucket = _BUCKET * self.T
+        S = min(self.cache.max_len, _round_up(slot + self.T, bucket))
         if not self.graph:
             return self._forward(S)
         if S not in self.graphs:
@@ -163,15 +164,14 @@ class _DecodeStep:
         return logits
 
     def _forward(self, S: int) -> torch.Tensor:
-        mask = None if self.mask is None else self.mask[:, :S]  # a view: the same address every step
-        h = self.model.forward_hidden(self.tok, positions=self.pos, pad_mask=mask, kv_cache=self.cache,
-                                      cache_start=self.slot, cache_slots=S)  # (R, 1, dim)
-        return self.model.lm_head(h[:, -1]).float()  # (R, V)
+        h = self.model.forward_hidden(self.tok, positions=self.pos, kv_cache=self.cache, cache_start=self.slot,
+                                      attn_mask=self.visible[:, :, :S])  # (R, T, dim); the mask is a view
+        return self.model.lm_head(h).float().flatten(0, 1)  # (R * T, V)
 
     def _capture(self, S: int):
-        """Warm up on a side stream (lazy library init must not happen during capture), then capture.
-        The warm-up writes the same keys/values at the same slot as the replay that follows, so it is
-        harmless."""
+        """Warm up on a side stream (lazy library init and compilation must not happen during capture),
+        then capture. The warm-up writes the same keys/values at the same slots as the replay that follows,
+        so it is harmless."""
         with torch.cuda.device(self.tok.device):
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -187,12 +187,23 @@ class _DecodeStep:
 def _greedy(model, input_ids, pad_mask, max_new_tokens: int, eos, pad_id: int, static: bool,
             graph: bool) -> torch.Tensor:
     """(B, n) argmax tokens; a row that emitted EOS emits pad afterwards; stops when every row is done
-    (noticed within _CHECK_EVERY steps; the extra steps only add pad)."""
+    (noticed within _CHECK_EVERY steps; the extra steps only add pad).
+
+    Row b's cache holds its prompt in slots [0, P) (left-padded) and its t-th new token at slot P + t, so
+    within a row slot distance is position distance and the window is a window over slots.
+    """
     B, P = input_ids.shape
-    cache, logits, mask, next_pos = _prefill(model, input_ids, pad_mask, max_new_tokens, static)
-    step = _DecodeStep(model, cache, mask, static, graph)
-    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
-    unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
+    dev = input_ids.device
+    slots = P + max_new_tokens
+    cache, logits, positions = _prefill(model, input_ids, pad_mask, _round_up(slots, _BUCKET) if static else slots)
+    step = _DecodeStep(model, cache, 1, static, graph)
+    written = torch.ones(B, cache.max_len, dtype=torch.bool, device=dev)  # (B, slots): real, once written
+    written[:, :P] = pad_mask
+    slot_idx = torch.arange(cache.max_len, device=dev)
+    window = model.cfg.sliding_window
+    next_pos = pad_mask.sum(-1)  # (B,)
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    unfinished = torch.ones(B, dtype=torch.bool, device=dev)
     for t in range(max_new_tokens):
         tok = torch.where(unfinished, logits.argmax(-1), pad_id)  # (B,)
         out[:, t] = tok
@@ -202,7 +213,10 @@ def _greedy(model, input_ids, pad_mask, max_new_tokens: int, eos, pad_id: int, s
             break
         if eos is not None and t % _CHECK_EVERY == _CHECK_EVERY - 1 and not unfinished.any().item():
             break
-        logits = step(tok, next_pos + t, P + t)
+        visible = written & (slot_idx <= P + t)  # (B, slots)
+        if window is not None:
+            visible &= slot_idx > P + t - window
+        logits = step(tok[:, None], (next_pos + t)[:, None], P + t, visible[:, None])
     return out[:, :t + 1]
 
 
@@ -214,18 +228,32 @@ def _beam_search(model, input_ids, pad_mask, N: int, k: int, eos, length_penalty
     hypotheses (tokens, length-penalised score, whether the slot holds a real hypothesis). HF stops at the
     first step where the search cannot go on; here `active` turns False on the device at that step and
     freezes the finished set, which is the output, so steps run until the host next looks are harmless.
+
+    Cache layout, one row per prompt (no per-beam copies, nothing moved when beams are reordered): the
+    prompt in slots [0, P), then step u's k new tokens side by side in slots P + u * k + j (j the beam that
+    produced it). `anc` (B, k, N) records, for each live beam, which j holds its token of each step u
+    (-1 for steps not yet taken); a beam attends to the prompt and to the slots its ancestry names. Each
+    step runs a prompt's k beams as one row of k new tokens at slots [P + t * k, P + t * k + k).
     """
     B, P = input_ids.shape
     dev = input_ids.device
     n_eos = 0 if eos is None else eos.numel()
     K = max(2, 1 + n_eos) * k  # enough candidates that k of them are always still running
     is_top_k = torch.arange(K, device=dev) < k  # (K,)
-    rows = torch.arange(B, device=dev)[:, None] * k  # (B, 1) first cache row of each prompt
 
-    cache, logits, mask, next_pos = _prefill(model, input_ids, pad_mask, N, static, copies=k)
-    # two caches, roles swapped each step: the survivors' histories are gathered from one into the other
-    caches = (cache, cache.clone())
-    steps = [_DecodeStep(model, c, mask, static, graph) for c in caches]
+    slots = P + N * k
+    cache, logits, positions = _prefill(model, input_ids, pad_mask, _round_up(slots, _BUCKET * k) if static else slots)
+    logits = logits.repeat_interleave(k, 0)  # (B*k, V): every beam starts from the prompt
+    step = _DecodeStep(model, cache, k, static, graph)
+    next_pos = pad_mask.sum(-1)  # (B,)
+    gen_pos = next_pos[:, None] + torch.arange(N, device=dev).repeat_interleave(k)  # (B, N*k)
+    tail = cache.max_len - slots
+    key_pos = torch.cat((positions, gen_pos, gen_pos.new_zeros(B, tail)), 1)  # (B, slots) position of each slot
+    beam_ids = torch.arange(k, device=dev)
+    anc = torch.full((B, k, N), -1, dtype=torch.long, device=dev)
+    prompt_visible = pad_mask[:, None, :].expand(B, k, P)
+    no_slots = torch.zeros(B, k, tail, dtype=torch.bool, device=dev)
+
     run_seqs = torch.zeros(B, k, N, dtype=torch.long, device=dev)
     run_scores = torch.full((B, k), _NEG, device=dev)
     run_scores[:, 0] = 0.0  # only beam 0 is live at first, so the k copies don't pick the same tokens
@@ -273,8 +301,17 @@ def _beam_search(model, input_ids, pad_mask, N: int, k: int, eos, length_penalty
         active &= can_improve.any() & ~(fin_real.all() & (early_stopping is True)) & ~done.all()
         if t == N - 1 or (t % _CHECK_EVERY == _CHECK_EVERY - 1 and not active.item()):
             break
-        caches[(t + 1) % 2].copy_rows_from(caches[t % 2], (parent + rows).flatten(), P, P + t)
-        logits = steps[(t + 1) % 2](run_seqs[:, :, t].flatten(), next_pos + t, P + t)
+
+        # survivor j inherits its parent's ancestry and writes its new token to slot P + t * k + j
+        anc = _gather(anc, parent)
+        anc[:, :, t] = beam_ids
+        generated_visible = (anc[:, :, :, None] == beam_ids).flatten(2)  # (B, k, N*k)
+        visible = torch.cat((prompt_visible, generated_visible, no_slots), 2)  # (B, k, slots)
+        query_pos = (next_pos + t)[:, None].expand(B, k)  # (B, k)
+        in_window = _window_mask(key_pos, query_pos, model.cfg.sliding_window)
+        if in_window is not None:
+            visible &= in_window
+        logits = step(run_seqs[:, :, t], query_pos, P + t * k, visible)
     return fin_seqs[:, 0]
 
 

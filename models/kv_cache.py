@@ -5,8 +5,8 @@ import torch
 class KVCache:
     """Keys and values of every layer: `k[i]`, `v[i]` of shape (batch, n_kv_heads, max_len, head_dim).
 
-    One tensor per kind holds all layers (n_layers, batch, n_kv_heads, max_len, head_dim), so `reorder`
-    is one index_select for the whole model. The Decoder writes slots [cache_start, cache_start + T).
+    One tensor per kind holds all layers (n_layers, batch, n_kv_heads, max_len, head_dim); the Decoder
+    hands each layer its own `k[i]`, `v[i]` and writes slots [cache_start, cache_start + T).
     """
 
     def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype=torch.float32, device="cpu"):
@@ -25,27 +25,3 @@ class KVCache:
     @property
     def batch(self) -> int:
         return self.k.shape[1]
-
-    def reorder(self, index: torch.Tensor):
-        """Keep batch rows `index` (long, (new_batch,)) in that order (new tensors; the batch may change)."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
-
-    def clone(self) -> "KVCache":
-        twin = KVCache.__new__(KVCache)
-        twin.k, twin.v, twin.max_len = self.k.clone(), self.v.clone(), self.max_len
-        return twin
-
-    def copy_rows_from(self, src: "KVCache", index: torch.Tensor, start: int, end: int):
-        """Row r <- row index[r] of `src`, slots [start, end) only: beam search's parent selection.
-
-        One index_select per kind, written straight into this cache (its tensors keep their addresses, so
-        a captured CUDA graph keeps reading them): one read and one write of the slot range, where an
-        in-place gather would need a temporary and a second pass. `src` must be another cache (the rows
-        would overwrite one another), e.g. its `clone()`, alternating roles step by step.
-        """
-        if src is self or src.k.data_ptr() == self.k.data_ptr():
-            raise ValueError("KVCache.copy_rows_from: src must be a different cache (use clone())")
-        if end > start:
-            torch.index_select(src.k[:, :, :, start:end], 1, index, out=self.k[:, :, :, start:end])
-            torch.index_select(src.v[:, :, :, start:end], 1, index, out=self.v[:, :, :, start:end])

@@ -1,4 +1,4 @@
-"""The Decoder's own identities, no oracle needed: masks, padding, the KV cache and beam reordering."""
+"""The Decoder's own identities, no oracle needed: masks, padding, the KV cache and branches sharing a prefix."""
 import pytest
 import torch
 
@@ -48,15 +48,26 @@ def test_chunked_prefill_equals_full_forward(mistral):
 
 
 @torch.no_grad()
-def test_reorder_follows_the_selected_rows(mistral):
-    ids = torch.randint(0, 259, (3, 10))
-    cache = KVCache.for_model(mistral, batch=3, max_len=12)
-    mistral(ids[:, :9], kv_cache=cache)
-    index = torch.tensor([2, 0, 2])
-    cache.reorder(index)
-    assert cache.batch == 3
-    step = mistral(ids[index, 9:], kv_cache=cache, cache_start=9)
-    torch.testing.assert_close(step[:, 0], mistral(ids[index])[:, -1], atol=1e-5, rtol=0)
+def test_attn_mask_attends_to_branches_sharing_a_prefix(mistral):
+    """Beam search's layout: two branches of one prefix run as T = 2 tokens of one row, each new token seeing
+    the prefix and its own branch's slots only (attn_mask), give the logits of each branch run alone."""
+    ids = torch.randint(0, 259, (1, 6))
+    a, b = torch.randint(0, 259, (2, 2))  # two branches of two tokens each
+    cache = KVCache.for_model(mistral, batch=1, max_len=10)
+    mistral(ids, kv_cache=cache)
+    prefix = torch.ones(2, 6, dtype=torch.bool)
+    first = torch.cat((prefix, torch.eye(2, dtype=torch.bool)), 1)[None]  # (1, 2, 8): slot 6 is a, slot 7 is b
+    step1 = mistral(torch.stack((a[0], b[0]))[None], positions=torch.tensor([[6, 6]]), kv_cache=cache,
+                    cache_start=6, attn_mask=first)  # (1, 2, V)
+    # second step: slot 8 continues b (sees slot 7), slot 9 continues a (sees slot 6)
+    second = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)  # (2, 4) over slots 6..9
+    mask = torch.cat((prefix, second), 1)[None]  # (1, 2, 10)
+    step2 = mistral(torch.stack((b[1], a[1]))[None], positions=torch.tensor([[7, 7]]), kv_cache=cache,
+                    cache_start=8, attn_mask=mask)
+    for branch, got1, got2 in ((a, step1[0, 0], step2[0, 1]), (b, step1[0, 1], step2[0, 0])):
+        alone = mistral(torch.cat((ids[0], branch))[None])[0]  # (8, V)
+        torch.testing.assert_close(got1, alone[6], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got2, alone[7], atol=1e-5, rtol=0)
 
 
 def test_bad_arguments_are_clear_errors(mistral):
@@ -65,8 +76,16 @@ def test_bad_arguments_are_clear_errors(mistral):
         mistral(ids, pad_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"KV cache holds 4 slots, forward needs 5"):
         mistral(ids, kv_cache=KVCache.for_model(mistral, batch=2, max_len=4))
-    with pytest.raises(ValueError, match=r"cache_start is only meaningful with a kv_cache"):
+    with pytest.raises(ValueError, match=r"cache_start and attn_mask are only meaningful with a kv_cache"):
         mistral(ids, cache_start=3)
+    cache = KVCache.for_model(mistral, batch=2, max_len=8)
+    with pytest.raises(ValueError, match=r"attn_mask has shape \(2, 5, 4\), expected .* = \(2, 5, 5\)"):
+        mistral(ids, kv_cache=cache, attn_mask=torch.ones(2, 5, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"pass pad_mask or attn_mask, not both"):
+        mistral(ids, kv_cache=cache, attn_mask=torch.ones(2, 5, 5, dtype=torch.bool),
+                pad_mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"needs a kv_cache, an attn_mask"):
+        mistral(ids, kv_cache=cache, cache_start=torch.tensor(0))
 
 
 def test_forward_hidden_feeds_lm_head(mistral):

@@ -20,6 +20,7 @@ from itertools import product
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from models import Decoder, DecoderConfig, KVCache, load_model
 from models.generate import generate
@@ -236,25 +237,30 @@ def test_eos_is_kept_and_nothing_follows(decoder):
 
 
 def test_static_step_logits_equal_dynamic_step(decoder):
-    """The decoder's static step (tensor cache_start, attention over a fixed number of slots) gives the
-    dynamic step's logits, step after step, on a left-padded batch with GQA (and a biting window)."""
+    """The decoder's static step (tensor cache_start, the caller's mask over a fixed number of slots) gives
+    the dynamic step's logits (int cache_start, pad_mask, the decoder's own causal and window masks), step
+    after step, on a left-padded batch with GQA and a biting window."""
     ours = decoder
+    window = ours.cfg.sliding_window
     prompts = _prompts(ours.cfg.vocab_size, seed=4)
     P, n_slots = max(LENGTHS), max(LENGTHS) + N_NEW
     ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
     pad_mask = ids != 0  # prompts draw from [2, vocab): 0 is padding only
-    mask = torch.cat((pad_mask, torch.ones(len(prompts), n_slots - P, dtype=torch.bool)), 1)  # (B, slots)
+    written = torch.cat((pad_mask, torch.ones(len(prompts), n_slots - P, dtype=torch.bool)), 1)  # (B, slots)
     positions = (pad_mask.cumsum(-1) - 1).clamp(min=0)
     caches = [KVCache.for_model(ours, len(prompts), n_slots) for _ in range(2)]
+    slot_idx = torch.arange(n_slots)
     with torch.no_grad():
         for cache in caches:
             ours(ids, positions=positions, pad_mask=pad_mask, kv_cache=cache)
         tok, pos = ids[:, -1:], positions[:, -1:]
         for slot in range(P, n_slots):
             tok, pos = (tok * 7 + 3) % ours.cfg.vocab_size, pos + 1  # any tokens will do
-            dynamic = ours(tok, positions=pos, pad_mask=mask[:, :slot + 1], kv_cache=caches[0], cache_start=slot)
-            static = ours(tok, positions=pos, pad_mask=mask, kv_cache=caches[1], cache_start=torch.tensor(slot),
-                          cache_slots=n_slots)
+            dynamic = ours(tok, positions=pos, pad_mask=written[:, :slot + 1], kv_cache=caches[0],
+                           cache_start=slot)
+            visible = written & (slot_idx <= slot) & (slot_idx > slot - (window or n_slots))
+            static = ours(tok, positions=pos, kv_cache=caches[1], cache_start=torch.tensor(slot),
+                          attn_mask=visible[:, None])
             torch.testing.assert_close(static, dynamic, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(caches[1].k, caches[0].k, rtol=1e-5, atol=1e-5)  # same keys in the same slots
 
@@ -289,22 +295,6 @@ def test_cuda_graph_replay_equals_dynamic_generation(decoder, num_beams, monkeyp
     assert len(set(captured)) > 1  # several buckets, each replayed from its graph
 
 
-def test_copy_rows_from_gathers_the_slot_range_only():
-    src = KVCache(2, 4, 2, 10, 3)
-    src.k.normal_(), src.v.normal_()
-    dst = src.clone()
-    dst.k[:, :, :, 4:7] = 0
-    index = torch.tensor([3, 0, 0, 2])
-    k_ptr = dst.k.data_ptr()
-    dst.copy_rows_from(src, index, 4, 7)
-    assert dst.k.data_ptr() == k_ptr
-    for got, ref in ((dst.k, src.k), (dst.v, src.v)):
-        assert torch.equal(got[:, :, :, 4:7], ref[:, index, :, 4:7])
-        assert torch.equal(got[:, :, :, :4], ref[:, :, :, :4]) and torch.equal(got[:, :, :, 7:], ref[:, :, :, 7:])
-    with pytest.raises(ValueError, match="different cache"):
-        src.copy_rows_from(src, index, 4, 7)
-
-
 @pytest.mark.parametrize("args, match", [
     (dict(prompts=[]), "prompts is empty"),
     (dict(prompts=[[5], []]), "prompt 1 is empty"),
@@ -321,3 +311,18 @@ def test_bad_arguments_are_clear_errors(args, match):
     call = dict(prompts=[[5, 6]], max_new_tokens=3) | args
     with pytest.raises(ValueError, match=match):
         generate(ours, call.pop("prompts"), call.pop("max_new_tokens"), **call)
+
+
+def test_compiled_blocks_generate_the_same_tokens():
+    """Decoder.compile_blocks() also serves generation (prefill and static decode steps, the cache written in
+    place by the compiled blocks): the same tokens as eager, greedy and beam 4, on a left-padded batch with GQA
+    and a biting window."""
+    torch.manual_seed(0)
+    ours = Decoder(DecoderConfig(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                                 hidden_dim=128, **DECODERS["gqa_bias_window"])).eval()
+    prompts = _prompts(ours.cfg.vocab_size, seed=6)
+    expect = [generate(ours, prompts, N_NEW, num_beams=k) for k in (1, 4)]
+    ours.compile_blocks()
+    graphs = counters["stats"]["unique_graphs"]
+    assert [generate(ours, prompts, N_NEW, num_beams=k) for k in (1, 4)] == expect
+    assert counters["stats"]["unique_graphs"] - graphs >= 3  # prefill, T = 1 and T = 4 steps were compiled
