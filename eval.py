@@ -6,7 +6,8 @@ classification run (the demo, GLUE) on its task's validation set.
     python eval.py --task gsm8k --model DIR                 # a bare publisher checkpoint
     python eval.py --run runs/demo --checkpoint last        # a classification run: its task's validation metrics
     options: --limit N (first N problems), --batch-size B, --max-new-tokens N, --out FILE (predictions
-             JSONL; the metrics JSON goes next to it as FILE.metrics.json), --data FILE (another GSM8K JSONL)
+             JSONL; the metrics JSON goes next to it as FILE.metrics.json), --data FILE (another GSM8K JSONL),
+             --compile / --no-compile (compiled blocks for generation; default eval.compile)
 
 Prompt [BOS] + tok("Q: {question}\\nA: ") as in training, greedy decoding of eval.max_new_tokens (256, the
 paper's) new tokens, stopping at EOS; the prediction is the first "#### <number>" of the generation.
@@ -111,6 +112,8 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, help="default: the config's eval.max_new_tokens (256)")
     parser.add_argument("--out", type=Path, help="predictions JSONL (default: in the run directory)")
     parser.add_argument("--data", type=Path, help="a GSM8K-format JSONL (default: the config's eval.path)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                        help="compile the blocks for generation (default: the config's eval.compile)")
     args = parser.parse_args(argv)
     if args.task is None:
         if args.run is None:
@@ -130,7 +133,8 @@ def main(argv=None):
         out = args.out or run / f"{args.task}_predictions.jsonl"
     ev = replace(ev, limit=args.limit if args.limit is not None else ev.limit, checkpoint=args.checkpoint or ev.checkpoint,
                  batch_size=args.batch_size or ev.batch_size, path=str(args.data or ev.path),
-                 max_new_tokens=args.max_new_tokens or ev.max_new_tokens)
+                 max_new_tokens=args.max_new_tokens or ev.max_new_tokens,
+                 compile=ev.compile if args.compile is None else args.compile)
     if exp is not None:
         ensure_inputs(exp)  # a smoke config's random checkpoint and synthetic problems, when missing
 
@@ -139,6 +143,8 @@ def main(argv=None):
         torch.set_num_threads(exp.train.cpu_threads)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tok = load_for_eval(model_path, run, ev.checkpoint, dtype, device)
+    if ev.compile:
+        model.compile_blocks()
     problems = read_problems(ev.path)
     problems = problems[:ev.limit] if ev.limit else problems
     records, metrics = evaluate_gsm8k(model, tok, problems, max_new_tokens=ev.max_new_tokens,

@@ -117,6 +117,7 @@ class EvalSection:
     num_beams: int = 1
     limit: int = 0                 # > 0: only the first `limit` problems
     checkpoint: str = _choices("best", "last")
+    compile: bool = False          # torch.compile the blocks for generation (Decoder.compile_blocks)
 
 
 @dataclass

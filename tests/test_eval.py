@@ -8,7 +8,7 @@ import eval as eval_script
 from data import load_tokenizer
 from data.gsm8k import read_problems
 from data.synthetic_math import write_gsm8k_jsonl
-from models import write_random_checkpoint
+from models import Decoder, write_random_checkpoint
 from models.random_checkpoint import write_tokenizer
 
 
@@ -56,3 +56,17 @@ def test_bare_model_command_line(tmp_path):
     saved = json.loads((tmp_path / "preds.jsonl.metrics.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"] == 0.0 and saved["model"] == str(ckpt)
     assert saved["max_new_tokens"] == 40 and saved["new_tokens_per_s"] > 0
+
+
+def test_compile_flag_reaches_the_model(tmp_path, monkeypatch):
+    """`--compile` calls Decoder.compile_blocks before generating, `--no-compile` does not (compiled
+    generation's numerics are tested in tests/test_generate.py; here the call is recorded, not made)."""
+    torch.set_num_threads(1)
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", family="llama", seed=1)
+    write_gsm8k_jsonl(tmp_path / "g.jsonl", 2)
+    calls = []
+    monkeypatch.setattr(Decoder, "compile_blocks", lambda self: calls.append(type(self)))
+    for flag, expect in (("--no-compile", []), ("--compile", [Decoder])):
+        eval_script.main(["--task", "gsm8k", "--model", str(ckpt), "--data", str(tmp_path / "g.jsonl"),
+                          "--max-new-tokens", "4", "--out", str(tmp_path / "p.jsonl"), flag])
+        assert calls == expect
