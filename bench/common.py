@@ -147,10 +147,12 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def free_memory(device: torch.device) -> None:
-    """Between configurations: drop what the previous one left (compiled graphs included, so each model
-    compiles afresh instead of exhausting dynamo's recompile limit) and start a fresh peak count."""
-    torch._dynamo.reset()
+def free_memory(device: torch.device, keep_compiled: bool = False) -> None:
+    """Between configurations: drop what the previous one left (compiled graphs too unless keep_compiled,
+    so each model compiles afresh instead of exhausting dynamo's recompile limit) and start a fresh peak
+    count."""
+    if not keep_compiled:
+        torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
