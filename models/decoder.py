@@ -148,16 +148,16 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    @torch.compiler.disable  # compiled, inductor copied the cache slices into its attention's preferred layout
+    @torch.compiler.disable  # measured so (BENCHMARKS.md): eager cuDNN attention over the cache, written in place
     def _cached_attention(self, q, k, v, mask, is_causal, cache_k, cache_v, cache_start):
         """Write the T new keys/values into the cache, attend over its first S slots; (B, H, T, Dh).
 
         cache_start an int: slots [cache_start, cache_start + T), S = cache_start + T (dynamic shapes).
         cache_start a 0-dim long tensor: slots cache_start + arange(T) by index_copy_, S = mask.shape[-1]
         (fixed by the caller), so the step has static shapes and addresses and can be replayed as a CUDA graph.
-        Always eager, also in compiled blocks (the compiled parts are the norms, rotary, MLP around it): on the
-        GPU, inductor's lowering copied every layer's cache slices and materialised the mask each step,
-        twice the step time of eager SDPA over the cache in place.
+        Always eager, also in compiled blocks (the compiled parts are the norms, rotary, MLP around it): SDPA
+        reads the cache slices in place and the writes are plain index copies, so a compiled step holds no
+        copy of the cache, whatever inductor would make of in-place writes to its inputs.
         With GQA the cache is never expanded to all heads: the n_rep query heads of each kv head are folded
         into the query length, (B, K, n_rep * T, Dh), and the mask is repeated along it to match.
         """
