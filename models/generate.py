@@ -195,7 +195,7 @@ def _greedy(model, input_ids, pad_mask, max_new_tokens: int, eos, pad_id: int, s
     B, P = input_ids.shape
     dev = input_ids.device
     slots = P + max_new_tokens
-    cache, logits, positions = _prefill(model, input_ids, pad_mask, _round_up(slots, _BUCKET) if static else slots)
+    cache, logits, _ = _prefill(model, input_ids, pad_mask, _round_up(slots, _BUCKET) if static else slots)
     step = _DecodeStep(model, cache, 1, static, graph)
     written = torch.ones(B, cache.max_len, dtype=torch.bool, device=dev)  # (B, slots): real, once written
     written[:, :P] = pad_mask
