@@ -302,12 +302,11 @@ class Decoder(nn.Module):
             mask, is_causal = self._attention_mask(T, S, cache_start, pad_mask, device)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for i, layer in enumerate(self.layers):
+            cache = () if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], cache_start)  # this layer's
             if recompute:
                 x = checkpoint(layer, x, cos, sin, mask, is_causal, use_reentrant=False)
-            elif kv_cache is not None:
-                x = layer(x, cos, sin, mask, is_causal, kv_cache.k[i], kv_cache.v[i], cache_start)
             else:
-                x = layer(x, cos, sin, mask, is_causal)
+                x = layer(x, cos, sin, mask, is_causal, *cache)
         return self.norm(x)
 
     def _attention_mask(self, T, S, cache_start, pad_mask, device):
