@@ -30,7 +30,7 @@ from models import load_model
 from models.generate import generate
 from data.tasks import TASKS
 from models.packaged_checkpoint import resolve_checkpoint_path
-from models.safetensors_io import atomic_file, load_safetensors
+from data.safetensors_io import atomic_file, load_safetensors
 from train import MODEL_KINDS, ensure_inputs
 
 DEFAULT_CONFIG = "configs/olmo2_metamath.yaml"

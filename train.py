@@ -46,7 +46,7 @@ from models import Decoder, load_config, load_model, write_random_checkpoint
 from models.encoder import Encoder
 from models.encoder_families import load_encoder, load_encoder_config
 from models.packaged_checkpoint import resolve_checkpoint_path
-from models.safetensors_io import atomic_file, save_safetensors
+from data.safetensors_io import atomic_file, save_safetensors
 
 
 class TrainingDiverged(RuntimeError):

@@ -16,7 +16,7 @@ import torch
 
 from data.collate import build_example, special_ids
 from data.gsm8k import prompt
-from models.safetensors_io import load_safetensors, save_safetensors
+from data.safetensors_io import load_safetensors, save_safetensors
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
                    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",

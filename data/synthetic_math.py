@@ -12,7 +12,7 @@ import random
 import sys
 from pathlib import Path
 
-from models.safetensors_io import atomic_file
+from data.safetensors_io import atomic_file
 
 NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jamal"]
 ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "books", "shells", "stamps"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from giva.config import AdapterConfig
 from giva.inject import adapted_layers, build_adapters
-from models.safetensors_io import SafetensorsFile, save_safetensors
+from data.safetensors_io import SafetensorsFile, save_safetensors
 
 FORMAT = "giva-adapter/1"
 

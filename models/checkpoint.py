@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .families import Family, family_of
-from .safetensors_io import SafetensorsFile
+from data.safetensors_io import SafetensorsFile
 
 WEIGHT_FILES = (  # (index file, single file) in order of preference
     ("model.safetensors.index.json", "model.safetensors"),

@@ -17,7 +17,7 @@ import torch
 from .checkpoint import export_state, load_config
 from .decoder import DecoderConfig
 from .families import FAMILIES
-from .safetensors_io import atomic_file, save_safetensors
+from data.safetensors_io import atomic_file, save_safetensors
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")  # ids 256, 257, 258
 BOS_ID, EOS_ID, PAD_ID = 256, 257, 258

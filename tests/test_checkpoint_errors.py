@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import load_config, load_model, write_random_checkpoint
-from models.safetensors_io import load_safetensors, save_safetensors
+from data.safetensors_io import load_safetensors, save_safetensors
 
 
 @pytest.fixture(scope="module")

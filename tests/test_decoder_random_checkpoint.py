@@ -55,7 +55,7 @@ def test_config_round_trip_and_family_flags(checkpoints):
 
 
 def test_phi3_is_stored_fused(checkpoints):
-    from models.safetensors_io import SafetensorsFile
+    from data.safetensors_io import SafetensorsFile
     keys = SafetensorsFile(checkpoints["phi3"] / "model.safetensors").keys()
     assert "model.layers.0.self_attn.qkv_proj.weight" in keys and "model.layers.0.mlp.gate_up_proj.weight" in keys
     assert not any("q_proj" in k or "gate_proj" in k for k in keys)
@@ -116,7 +116,7 @@ def test_meta_build_counts_parameters():
 
 def test_sharded_bin_checkpoint_loads_the_same(checkpoints, tmp_path):
     """PyTorch shards through pytorch_model.bin.index.json (the older publisher layout)."""
-    from models.safetensors_io import load_safetensors
+    from data.safetensors_io import load_safetensors
     src = checkpoints["phi3"]
     tensors, _ = load_safetensors(src / "model.safetensors")
     keys = sorted(tensors)

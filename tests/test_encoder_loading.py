@@ -7,7 +7,7 @@ import torch
 from encoder_helpers import minilm_dir  # noqa: F401 (fixture)
 from models.encoder import Encoder, EncoderConfig
 from models.encoder_families import FAMILIES, checkpoint_key, load_encoder, load_encoder_config
-from models.safetensors_io import load_safetensors, save_safetensors
+from data.safetensors_io import load_safetensors, save_safetensors
 
 CONFIG_JSON = dict(model_type="bert", vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                    intermediate_size=32, max_position_embeddings=20, type_vocab_size=2, pad_token_id=0)

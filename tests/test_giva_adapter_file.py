@@ -7,7 +7,7 @@ from torch import nn
 
 from giva import AdapterConfig, adapted_layers, apply_adapters, estimate_gradients, load_adapter, save_adapter
 from giva_toy import ToyLM, lm_loss, toy_batches
-from models.safetensors_io import SafetensorsFile
+from data.safetensors_io import SafetensorsFile
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 METHODS = ["giva", "vera", "osora", "randlora", "lora", "full"]

@@ -12,7 +12,7 @@ import torch
 
 import train
 from experiment import ConfigError
-from models.safetensors_io import load_safetensors
+from data.safetensors_io import load_safetensors
 from tiny_run import REPO, TINY_CONFIG, tiny_overrides
 
 DROPOUT = {"adapter.dropout": 0.1}  # dropout draws from the global RNG, so its state must be resumed too

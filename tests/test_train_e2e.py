@@ -14,7 +14,7 @@ from data.tasks import TASKS, CausalLMTask
 from experiment import load_experiment
 from data import load_tokenizer
 from models import load_config, load_model
-from models.safetensors_io import SafetensorsFile, load_safetensors
+from data.safetensors_io import SafetensorsFile, load_safetensors
 from tiny_run import REPO, TINY_CONFIG, tiny_overrides
 
 # OLMo-2-1124-7B's config.json, as the publisher ships it (the values the parameter counts depend on).

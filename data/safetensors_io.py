@@ -1,5 +1,8 @@
 """Our own reader and writer for the safetensors format, plus atomic file writes.
 
+It lives in data/ because checkpoints (models/), adapter files (giva/) and token caches (data/) all use
+it, and data/ imports neither of the other two.
+
 The format: an 8-byte little-endian header length N, N bytes of JSON
     {"<name>": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]}, ...,
      "__metadata__": {"<str>": "<str>"}}
