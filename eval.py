@@ -25,31 +25,30 @@ import giva
 from data import load_tokenizer
 from data.collate import special_ids
 from data.gsm8k import extract_prediction, prompt, read_problems
-from experiment import ConfigError, EvalSection, load_experiment
+from data.safetensors_io import atomic_file
+from data.tasks import TASKS
+from experiment import ConfigError, EvalSection, ModelSection, TrainSection, ensure_inputs, load_experiment, runtime
 from models import load_model
 from models.generate import generate
-from data.tasks import TASKS
 from models.packaged_checkpoint import resolve_checkpoint_path
-from data.safetensors_io import atomic_file, load_safetensors
-from train import MODEL_KINDS, ensure_inputs
 
 DEFAULT_CONFIG = "configs/olmo2_metamath.yaml"
 
 
-def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device):
-    """The base checkpoint, with `run`'s adapter (bases + `checkpoint` vectors) merged in when given."""
+def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device, num_labels=None):
+    """The base checkpoint, with `run`'s adapter (bases + `checkpoint` tensors) merged in when given."""
     if run is not None:
         vectors = run / f"{checkpoint}.safetensors"
         if not (run / "adapter.safetensors").is_file():
             raise FileNotFoundError(f"{run}: no trained run there (adapter.safetensors is missing)")
         if not vectors.is_file():
             raise FileNotFoundError(f"{vectors}: the run has no {checkpoint} checkpoint (has training finished?)")
-    model = load_model(model_path, dtype=dtype, device=device)
+    model = load_model(model_path, dtype=dtype, device=device, num_labels=num_labels)
     if run is not None:
-        giva.load_adapter(model, run / "adapter.safetensors")  # bases + initial vectors
-        giva.load_adapter(model, vectors)                     # the trained vectors replace the initial ones
+        giva.load_adapter(model, run / "adapter.safetensors")  # bases + initial tensors
+        giva.load_adapter(model, vectors)                     # the trained tensors replace the initial ones
         giva.merge_adapters(model)
-    return model.eval(), load_tokenizer(model_path)
+    return model.eval(), load_tokenizer(resolve_checkpoint_path(model_path))
 
 
 def evaluate_gsm8k(model, tok, problems, *, max_new_tokens, batch_size, num_beams=1):
@@ -84,19 +83,15 @@ def evaluate_gsm8k(model, tok, problems, *, max_new_tokens, batch_size, num_beam
 
 @torch.no_grad()
 def evaluate_classification_run(run: Path, checkpoint: str) -> dict:
-    """A classification run scored as train.py scored it: base + adapter (merged) + the trained head."""
+    """A classification run scored as train.py scored it: base + adapter (the trained head included), merged,
+    on the device and in the precision its config asks for."""
     exp = load_experiment(run / "config.yaml")
-    path, kind = resolve_checkpoint_path(exp.model.path), MODEL_KINDS[exp.model.kind]
-    task = TASKS[exp.data.task](exp, kind.tokenizer(path), path)
-    model = kind.load(path, torch.float32, torch.device("cpu"), task)
-    giva.load_adapter(model, run / "adapter.safetensors")
-    giva.load_adapter(model, run / f"{checkpoint}.safetensors")
-    head, _ = load_safetensors(run / f"{checkpoint}.modules.safetensors")
-    params = dict(model.named_parameters())
-    for name, value in head.items():
-        params[name].copy_(value)
-    giva.merge_adapters(model)
-    metrics = {f"val_{k}": v for k, v in task.evaluate(model.eval(), task.val).items()}
+    device, dtype, autocast = runtime(exp.model, exp.train)
+    path = resolve_checkpoint_path(exp.model.path)
+    task = TASKS[exp.data.task](exp, load_tokenizer(path), path)
+    model, _ = load_for_eval(path, run, checkpoint, dtype, device, num_labels=task.num_labels)
+    with autocast():
+        metrics = {f"val_{k}": v for k, v in task.evaluate(model, task.val).items()}
     return {"task": exp.data.task, "run": str(run), "adapter": checkpoint, **metrics}
 
 
@@ -138,10 +133,7 @@ def main(argv=None):
     if exp is not None:
         ensure_inputs(exp)  # a smoke config's random checkpoint and synthetic problems, when missing
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu" and exp is not None and exp.train.cpu_threads:
-        torch.set_num_threads(exp.train.cpu_threads)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype, _ = runtime(*((exp.model, exp.train) if exp is not None else (ModelSection(), TrainSection())))
     model, tok = load_for_eval(model_path, run, ev.checkpoint, dtype, device)
     if ev.compile:
         model.compile_blocks()

@@ -1,22 +1,30 @@
-"""One experiment = one YAML file read into typed dataclasses, plus `--set section.key=value` overrides.
+"""One experiment = one YAML file read into typed dataclasses, plus `--set section.key=value` overrides;
+and what train.py and eval.py both derive from it: the device and precision, and generated inputs.
 
     exp = load_experiment("configs/olmo2_metamath.yaml", ["train.lr=3e-4", "adapter.targets=[q_proj, v_proj]"])
+    device, dtype, autocast = runtime(exp.model, exp.train)
 
 The file has six sections (model, data, adapter, probe, train, eval); every key is a field below with
-its default. Values (from the file or from `--set`, which is parsed as YAML) are checked against the
-field's type and, where a field has a fixed set of values, against those choices. An unknown section or
-key, a value of the wrong type or outside the choices is a ConfigError naming it, the closest valid key
-and the valid choices. Cross-field rules (e.g. batch_size a multiple of micro_batch_size) are checked
-after all overrides are applied.
+its default, and the `adapter` section is giva.AdapterConfig itself. Values (from the file or from `--set`,
+which is parsed as YAML) are checked against the field's type and, where a field has a fixed set of values,
+against those choices. An unknown section or key, a value of the wrong type or outside the choices is a
+ConfigError naming it, the closest valid key and the valid choices. Cross-field rules (e.g. batch_size a
+multiple of micro_batch_size, a method's required fields) are checked after all overrides are applied.
 """
+import contextlib
 import difflib
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import torch
 import yaml
 
+from data.synthetic_math import ensure_synthetic_files
 from data.tasks import TASKS
+from giva import AdapterConfig
+from models import write_random_checkpoint
 
 
 class ConfigError(ValueError):
@@ -29,9 +37,9 @@ def _choices(*values):
 
 @dataclass
 class ModelSection:
-    kind: str = _choices("decoder", "encoder")
     path: str = ""                 # publisher checkpoint dir (config.json, *.safetensors, tokenizer files),
-                                   # or package:<module> for a checkpoint shipped in an installed package
+                                   # or package:<module> for a checkpoint shipped in an installed package;
+                                   # the kind of network (decoder, encoder) comes from its config.json
     dtype: str = _choices("auto", "float32", "bfloat16")  # auto: bfloat16 on CUDA, float32 on CPU
     # When set and `path` holds no config.json yet, models.write_random_checkpoint(path, **random_init)
     # writes a tiny random checkpoint there first (smoke configs and tests).
@@ -54,26 +62,10 @@ class DataSection:
 
 
 @dataclass
-class AdapterSection:
-    """Passed to giva.AdapterConfig, which checks the method-specific values."""
-    method: str = "giva"
-    r: int = 64
-    targets: typing.List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"])
-    init: str = "secsv"
-    alpha: typing.Optional[float] = None  # LoRA, RandLoRA
-    use_rslora: bool = False
-    randlora_sqrt_n: bool = False
-    d_initial: float = 0.1                 # VeRA
-    dropout: float = 0.0
-    modules_to_save: typing.List[str] = field(default_factory=list)  # trained fully, e.g. [classifier]
-
-
-@dataclass
 class ProbeSection:
+    """The first-step gradient probe; it runs only for a method whose bases need it (GiVA)."""
     micro_batches: int = 0         # 0: one optimizer batch (batch_size / micro_batch_size), as the paper
-    seed: int = 0                  # picks the probe examples and seeds the randomised SVD
-    q: typing.Optional[int] = None  # svd_lowrank oversampling; None: giva's default min(4r, m, n)
-    niter: int = 4
+    seed: int = 0                  # picks the probe's training examples (the SVD's seed is adapter.svd_seed)
     offload_to_cpu: bool = False   # keep the fp32 gradient accumulators on the CPU
 
 
@@ -124,7 +116,7 @@ class EvalSection:
 class Experiment:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
-    adapter: AdapterSection = field(default_factory=AdapterSection)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     probe: ProbeSection = field(default_factory=ProbeSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
@@ -136,7 +128,7 @@ class Experiment:
         return Path(self.train.out_dir) / self.train.name
 
 
-SECTIONS = {f.name: f.default_factory for f in fields(Experiment)}
+SECTIONS = {f.name: f.default_factory for f in fields(Experiment)}  # section name -> its dataclass
 
 
 def load_experiment(path, overrides=()) -> Experiment:
@@ -154,14 +146,14 @@ def load_experiment(path, overrides=()) -> Experiment:
 def experiment_from_dict(raw: dict, overrides=(), source="config") -> Experiment:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections {sorted(SECTIONS)}")
-    exp = Experiment()
-    for section, values in raw.items():
-        if values is None:
+    values = {name: {} for name in SECTIONS}  # section -> {key: checked value}, the dataclasses built at the end
+    for section, entries in raw.items():
+        if entries is None:
             continue
-        if not isinstance(values, dict):
+        if not isinstance(entries, dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
-        for key, value in values.items():
-            _assign(exp, f"{section}.{key}", value, source)
+        for key, value in entries.items():
+            _assign(values, f"{section}.{key}", value, source)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
@@ -170,7 +162,11 @@ def experiment_from_dict(raw: dict, overrides=(), source="config") -> Experiment
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
-        _assign(exp, key.strip(), value, f"--set {item!r}")
+        _assign(values, key.strip(), value, f"--set {item!r}")
+    try:
+        exp = Experiment(**{name: SECTIONS[name](**v) for name, v in values.items()})
+    except ValueError as e:  # a section's own check, e.g. AdapterConfig's method rules
+        raise ConfigError(f"{source}: {e}") from None
     _check_rules(exp)
     return exp
 
@@ -180,18 +176,18 @@ def _closest(word, options):
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
-def _assign(exp: Experiment, dotted: str, value, source: str):
+def _assign(values: dict, dotted: str, value, source: str):
     section, _, key = dotted.partition(".")
     if section not in SECTIONS:
         raise ConfigError(f"{source}: unknown section '{section}'{_closest(section, list(SECTIONS))} "
                           f"(sections: {', '.join(SECTIONS)})")
-    obj = getattr(exp, section)
-    by_name = {f.name: f for f in fields(obj)}
+    cls = SECTIONS[section]
+    by_name = {f.name: f for f in fields(cls)}
     if key not in by_name:
         valid = [f"{section}.{k}" for k in by_name]
         raise ConfigError(f"{source}: unknown key '{dotted}'{_closest(dotted, valid)} (valid keys: {', '.join(valid)})")
     f = by_name[key]
-    hint = typing.get_type_hints(type(obj))[key]
+    hint = typing.get_type_hints(cls)[key]
     try:
         value = _coerce(value, hint)
     except (TypeError, ValueError) as e:
@@ -199,13 +195,13 @@ def _assign(exp: Experiment, dotted: str, value, source: str):
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{source}: bad value {value!r} for '{dotted}' (valid choices: {', '.join(map(str, choices))})")
-    setattr(obj, key, value)
+    values[section][key] = value
 
 
 def _coerce(value, hint):
     """Check `value` against a field type; YAML's '3e-4' (a string in YAML 1.1) is accepted as a float."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
+    if origin in (typing.Union, types.UnionType):  # Optional[X], X | None
         if value is None:
             return None
         return _coerce(value, next(a for a in args if a is not type(None)))
@@ -275,3 +271,33 @@ def _check_rules(exp: Experiment):
         raise ConfigError(f"bad value {t.name!r} for 'train.name': a non-empty folder name without '/'")
     if exp.data.n_val == 0:
         raise ConfigError("data.n_val must be > 0: validation picks the best checkpoint")
+
+
+# ---- what train.py and eval.py derive from an experiment ----
+
+def runtime(model: ModelSection, train: TrainSection):
+    """(device, weight dtype, autocast context factory): the one place device and precision are decided,
+    from an experiment's model and train sections (train.py and eval.py)."""
+    name = train.device
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    on_cuda = device.type == "cuda"
+    if not on_cuda and train.cpu_threads:
+        torch.set_num_threads(train.cpu_threads)
+    dtype = {"auto": torch.bfloat16 if on_cuda else torch.float32,
+             "float32": torch.float32, "bfloat16": torch.bfloat16}[model.dtype]
+    if on_cuda and train.autocast:
+        return device, dtype, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return device, dtype, contextlib.nullcontext
+
+
+def ensure_inputs(exp: Experiment):
+    """Write the tiny random checkpoint and synthetic data a smoke config asks for, on first use."""
+    init = exp.model.random_init
+    if init is not None and not (Path(exp.model.path) / "config.json").is_file():
+        dtype = init.get("dtype", "float32")
+        if dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"model.random_init.dtype={dtype!r}: valid choices are float32, bfloat16")
+        write_random_checkpoint(exp.model.path, **{**init, "dtype": getattr(torch, dtype)})
+    if exp.data.synthetic:
+        ensure_synthetic_files(exp.data.path, exp.eval.path, exp.data.synthetic)
+

@@ -7,16 +7,18 @@
     python train.py configs/tiny_math.yaml --resume                     # continue a killed run
     python train.py configs/demo.yaml                                   # MiniLM + GiVA, a classification task
 
-Order: config -> load -> probe -> bases -> inject -> vectors-only AdamW loop -> run directory.
+Order: config -> load -> probe (only for a method that needs the gradient: GiVA) -> bases (GiVA: the SVD of
+each gradient; OSoRA: of W0) -> inject -> AdamW over the adapter's trainable tensors -> run directory.
+Nothing here names a method: giva/ answers for each (giva/methods.py).
 
 The run directory out_dir/name/ holds (every file written atomically):
     config.yaml            the resolved config
-    probe.json             which training examples the probe used, its seed, q and niter
-    adapter.safetensors    the adapter right after injection: frozen bases (stored once) + initial vectors
-    best.safetensors       the trained tensors at the best validation loss or task metric (no bases)
+    probe.json             which training examples the probe used (only when a probe ran)
+    adapter.safetensors    the adapter right after injection: frozen bases (stored once) + initial trainables
+    best.safetensors       the trained tensors at the best validation loss or task metric (no bases), the
+                           modules of adapter.modules_to_save (a classification head) included
     last.safetensors       the trained tensors at the end (no bases)
-    *.modules.safetensors  beside those two, the tensors of adapter.modules_to_save (a classification head)
-    state.pt               resumable state: vectors, optimizer, step (= data position and schedule), RNG
+    state.pt               resumable state: trained tensors, optimizer, step (= data position and schedule), RNG
     metrics.jsonl          one JSON line per logged step and per validation
     summary.json           training time excluding validation, parameters, best validation loss, ...
 
@@ -24,14 +26,12 @@ The run directory out_dir/name/ holds (every file written atomically):
 (train.seed, epoch), so a resumed run reaches exactly the vectors of an uninterrupted one (bitwise on CPU).
 """
 import argparse
-import contextlib
+import dataclasses
 import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -39,91 +39,36 @@ from tqdm import tqdm
 
 import giva
 from data import load_tokenizer
-from data.synthetic_math import ensure_synthetic_files
+from data.safetensors_io import atomic_file
 from data.tasks import TASKS
-from experiment import ConfigError, load_experiment
-from models import Decoder, load_config, load_model, write_random_checkpoint
-from models.encoder import Encoder
-from models.encoder_families import load_encoder, load_encoder_config
+from experiment import ConfigError, ensure_inputs, load_experiment, runtime
+from models import load_model
 from models.packaged_checkpoint import resolve_checkpoint_path
-from data.safetensors_io import atomic_file, save_safetensors
 
 
 class TrainingDiverged(RuntimeError):
     pass
 
 
-# ---- model kinds: the tokenizer, the model (sized for the task) and a weightless meta-device build ----
-
-@dataclass(frozen=True)
-class ModelKind:
-    tokenizer: Callable   # (checkpoint dir) -> tokenizer
-    load: Callable        # (checkpoint dir, dtype, device, task) -> model
-    meta: Callable        # (checkpoint dir) -> model on the meta device, from config.json alone
-
-
-def _meta(build, cfg):
-    with torch.device("meta"):
-        return build(cfg)
-
-
-MODEL_KINDS = {
-    "decoder": ModelKind(load_tokenizer, lambda path, dtype, device, task: load_model(path, dtype=dtype, device=device),
-                         lambda path: _meta(Decoder, load_config(path))),
-    # The classification head is sized by the task (GLUE's labels); heads are not adapter targets.
-    "encoder": ModelKind(load_tokenizer,
-                         lambda path, dtype, device, task: load_encoder(path, task.num_labels, dtype, device),
-                         lambda path: _meta(Encoder, load_encoder_config(path))),
-}
-
-
 # ---- setup ----
 
-def adapter_config(exp) -> giva.AdapterConfig:
-    a, p = exp.adapter, exp.probe
-    return giva.AdapterConfig(method=a.method, r=a.r, targets=a.targets, init=a.init, alpha=a.alpha,
-                              use_rslora=a.use_rslora, randlora_sqrt_n=a.randlora_sqrt_n,
-                              d_initial=a.d_initial, dropout=a.dropout, seed=p.seed, svd_q=p.q, svd_niter=p.niter)
-
-
-def device_and_dtypes(exp):
-    """(device, weight dtype, autocast context factory): the one place precision is decided."""
-    name = exp.train.device
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-    on_cuda = device.type == "cuda"
-    if not on_cuda and exp.train.cpu_threads:
-        torch.set_num_threads(exp.train.cpu_threads)
-    dtype = {"auto": torch.bfloat16 if on_cuda else torch.float32,
-             "float32": torch.float32, "bfloat16": torch.bfloat16}[exp.model.dtype]
-    if on_cuda and exp.train.autocast:
-        return device, dtype, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return device, dtype, contextlib.nullcontext
-
-
-def ensure_inputs(exp):
-    """Write the tiny random checkpoint and synthetic data a smoke config asks for, on first use."""
-    init = exp.model.random_init
-    if init is not None and not (Path(exp.model.path) / "config.json").is_file():
-        dtype = init.get("dtype", "float32")
-        if dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"model.random_init.dtype={dtype!r}: valid choices are float32, bfloat16")
-        write_random_checkpoint(exp.model.path, **{**init, "dtype": getattr(torch, dtype)})
-    if exp.data.synthetic:
-        ensure_synthetic_files(exp.data.path, exp.eval.path, exp.data.synthetic)
-
-
-def dry_run(exp, acfg):
-    """Build on the meta device from config.json alone, inject, print the table and a JSON line last."""
-    model = MODEL_KINDS[exp.model.kind].meta(resolve_checkpoint_path(exp.model.path))
+def dry_run(exp):
+    """Build on the meta device from config.json alone, inject, print the table and a JSON line last.
+    A task head (adapter.modules_to_save) is sized by the data, so it is left out here; the paper's counts
+    leave it out too."""
+    model = load_model(exp.model.path, device="meta")
+    acfg = dataclasses.replace(exp.adapter, modules_to_save=[])
     giva.apply_adapters(model, acfg)
     print(giva.parameter_table(model))
+    if exp.adapter.modules_to_save:
+        print(f"(adapter.modules_to_save {exp.adapter.modules_to_save} is sized by the task's data: not built here)")
     counts = giva.count_parameters(model)
     print(json.dumps({"trainable_params": counts["trainable"], "total_params": counts["total"],
                       "trainable_percent": 100.0 * counts["trainable"] / counts["total"]}))
 
 
 def speed_options(model, t):
-    """Activation checkpointing and torch.compile, where the model kind offers them."""
+    """Activation checkpointing, torch.compile and the LM loss's chunk, where the model kind offers them."""
     for flag, method in (("activation_checkpointing", "set_activation_checkpointing"), ("compile", "compile_blocks")):
         if getattr(t, flag) and not hasattr(model, method):
             raise ConfigError(f"train.{flag}: {type(model).__name__} has no {method}()")
@@ -131,35 +76,8 @@ def speed_options(model, t):
         model.set_activation_checkpointing(True)
     if t.compile:
         model.compile_blocks()
-
-
-def modules_to_save(model, names) -> dict:
-    """{parameter name: parameter} of the modules named (by suffix, as adapter targets) that train fully."""
-    found = {n: m for n, m in model.named_modules() for s in names if n == s or n.endswith("." + s)}
-    missing = [s for s in names if not any(n == s or n.endswith("." + s) for n in found)]
-    if missing:
-        raise ConfigError(f"adapter.modules_to_save: no module named {missing} in {type(model).__name__}")
-    params = {f"{n}.{p_name}": p for n, m in found.items() for p_name, p in m.named_parameters()}
-    for p in params.values():
-        p.requires_grad_(True)
-    return params
-
-
-def check_optimizer(optimizer, model, saved):
-    if not saved:
-        return giva.check_optimizer(optimizer, model)
-    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    expected = {id(p) for p in giva.adapter_parameters(model)} | {id(p) for p in saved.values()}
-    grad_on = {id(p) for p in model.parameters() if p.requires_grad}
-    if held != expected or grad_on != expected:
-        raise RuntimeError("the optimizer must hold exactly the adapter tensors and adapter.modules_to_save")
-
-
-def save_trained(model, path, saved):
-    """The trained tensors (no bases): the adapter's, plus the fully trained modules' in path.modules."""
-    giva.save_adapter(model, path, include_bases=False)
-    if saved:
-        save_safetensors(path.with_suffix(".modules.safetensors"), {n: p.detach() for n, p in saved.items()})
+    if hasattr(model, "loss_chunk"):
+        model.loss_chunk = t.loss_chunk
 
 
 def probe_batches(exp, task):
@@ -170,6 +88,16 @@ def probe_batches(exp, task):
     picks = torch.randperm(len(task.train), generator=gen)[:n_micro * t.micro_batch_size].tolist()
     chunks = [picks[i:i + t.micro_batch_size] for i in range(0, len(picks), t.micro_batch_size)]
     return picks, [task.collate([task.train[i] for i in c]) for c in chunks]
+
+
+def probe_loss(autocast):
+    """(mean token loss, n targets) per micro-batch: the probe then weights the micro-batches by their
+    target counts, the same token normalisation as the training step."""
+    def loss_fn(model, batch):
+        with autocast():
+            loss_sum, n = model.loss(batch)
+        return loss_sum / n.clamp(min=1), n.item()
+    return loss_fn
 
 
 def to_device(batch, device):
@@ -186,10 +114,6 @@ def lr_factor(step, total, warmup, schedule):
     if schedule == "linear":
         return max(0.0, 1.0 - progress)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def trainable_named(model):
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 # ---- the run directory ----
@@ -219,7 +143,8 @@ def _config_diff(a, b, ignore):
 
 
 def save_state(run, model, optimizer, progress):
-    state = {"vectors": {n: p.detach().cpu() for n, p in trainable_named(model)},
+    trained = zip(model.adapter_trainable, giva.adapter_parameters(model))
+    state = {"vectors": {n: p.detach().cpu() for n, p in trained},
              "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **progress}
     with atomic_file(run / "state.pt") as f:
@@ -228,7 +153,7 @@ def save_state(run, model, optimizer, progress):
 
 def load_state(run, model, optimizer, device) -> dict:
     state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
-    params = dict(trainable_named(model))
+    params = dict(zip(model.adapter_trainable, giva.adapter_parameters(model)))
     if set(params) != set(state["vectors"]):
         raise ValueError(f"{run}/state.pt: its trained tensors do not match the model's adapter tensors")
     with torch.no_grad():
@@ -282,7 +207,7 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
         cpu_batch = task.collate([task.train[i] for i in picks[m:m + t.micro_batch_size]])
         tokens += int(cpu_batch["pad_mask"].sum()) if "pad_mask" in cpu_batch else cpu_batch["input_ids"].numel()
         with autocast():
-            loss_sum, n = task.loss(model, to_device(cpu_batch, device))
+            loss_sum, n = model.loss(to_device(cpu_batch, device))
         loss_sum.backward()
         step_loss += loss_sum.detach().float()
         step_n += n
@@ -306,7 +231,7 @@ def validation_loss(model, task, device, autocast, micro_batch_size) -> float:
     for s in range(0, len(order), micro_batch_size):
         batch = to_device(task.collate([task.val[i] for i in order[s:s + micro_batch_size]]), device)
         with autocast():
-            loss_sum, n = task.loss(model, batch)
+            loss_sum, n = model.loss(batch)
         total += loss_sum.float()
         count += n
     model.train()
@@ -324,45 +249,46 @@ def main(argv=None):
 
     # 1. Config.
     exp = load_experiment(args.config, args.set)
-    acfg = adapter_config(exp)
-    t = exp.train
+    acfg, t = exp.adapter, exp.train
     if args.dry_run:
-        return dry_run(exp, acfg)
+        return dry_run(exp)
     run, resuming = prepare_run_dir(exp, args.resume)
-    device, dtype, autocast = device_and_dtypes(exp)
+    device, dtype, autocast = runtime(exp.model, exp.train)
 
-    # 2. Load the tokenizer, the data and the checkpoint.
+    # 2. Load the tokenizer, the data and the checkpoint (its kind and family come from its config.json).
     ensure_inputs(exp)
-    path, kind = resolve_checkpoint_path(exp.model.path), MODEL_KINDS[exp.model.kind]
-    tok = kind.tokenizer(path)
+    path = resolve_checkpoint_path(exp.model.path)
+    tok = load_tokenizer(path)
     task = TASKS[exp.data.task](exp, tok, path)
     if t.select_by == "val_metric" and not hasattr(task, "evaluate"):
         raise ConfigError(f"train.select_by=val_metric: task {exp.data.task!r} has no metric; use val_loss")
     torch.manual_seed(t.seed)  # a fresh classification head draws its initial weights here
-    model = kind.load(path, dtype, device, task).train()
+    model = load_model(path, dtype, device, num_labels=getattr(task, "num_labels", None)).train()
 
-    # 3-5. Probe -> bases -> inject; on resume the bases come back from the adapter file instead.
-    if resuming:
+    if resuming:  # the bases and initial tensors come back from the adapter file instead of 3-5
         giva.load_adapter(model, run / "adapter.safetensors")
     else:
-        indices, batches = probe_batches(exp, task)
-        grads = giva.estimate_gradients(model, [to_device(b, device) for b in batches],
-                                        _probe_loss(task, autocast), targets=acfg.targets,
-                                        offload_to_cpu=exp.probe.offload_to_cpu)
-        giva.apply_adapters(model, acfg, grads=grads)
-        del grads
+        # 3. Probe: the first-step gradient of every target, only for a method whose bases need it.
+        grads = None
+        if giva.needs_gradient(acfg):
+            indices, batches = probe_batches(exp, task)
+            grads = giva.estimate_gradients(model, [to_device(b, device) for b in batches], probe_loss(autocast),
+                                            targets=acfg.targets, offload_to_cpu=exp.probe.offload_to_cpu)
+            with atomic_file(run / "probe.json", "w") as f:
+                json.dump({"example_indices": indices, "seed": exp.probe.seed, "micro_batches": len(batches)}, f)
+        # 4. Bases: GiVA's seeded SVD of each gradient (freed as it goes), OSoRA's SVD of W0; none for the rest.
+        bases = giva.compute_bases(model, acfg, grads)
+        # 5. Inject: wrap every target, freeze everything but the adapter (and adapter.modules_to_save).
+        giva.apply_adapters(model, acfg, bases)
+        del grads, bases
         giva.save_adapter(model, run / "adapter.safetensors", include_bases=True)
-        with atomic_file(run / "probe.json", "w") as f:
-            json.dump({"example_indices": indices, "seed": exp.probe.seed, "q": exp.probe.q,
-                       "niter": exp.probe.niter, "micro_batches": len(batches)}, f)
     print(giva.parameter_table(model))
     speed_options(model, t)
 
-    # 6. Vectors-only AdamW (plus any module trained fully, e.g. a classification head).
-    saved = modules_to_save(model, exp.adapter.modules_to_save)
-    params = giva.adapter_parameters(model) + list(saved.values())
+    # 6. AdamW over the adapter's trainable tensors, each once (a fully trained head included), and nothing else.
+    params = giva.adapter_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
-    check_optimizer(optimizer, model, saved)  # the adapter tensors (and saved modules) and nothing else
+    giva.check_optimizer(optimizer, model)
     counts = giva.count_parameters(model)
 
     steps_per_epoch = math.ceil(len(task.train) / t.batch_size)
@@ -453,7 +379,7 @@ def main(argv=None):
                 if score < progress["best_score"]:
                     progress.update(best_score=score, best_step=step, **{f"best_{k}": v for k, v in record.items()
                                                                           if k.startswith("val_")})
-                    save_trained(model, run / "best.safetensors", saved)
+                    giva.save_adapter(model, run / "best.safetensors", include_bases=False)
             if step in val_steps or step == stop_at:
                 progress.update(metrics_lines=metrics.lines, step_saved=step)
                 save_state(run, model, optimizer, progress)
@@ -465,7 +391,7 @@ def main(argv=None):
         return progress
 
     # 7. The end of the run.
-    save_trained(model, run / "last.safetensors", saved)
+    giva.save_adapter(model, run / "last.safetensors", include_bases=False)
     summary = {"name": t.name, "steps": total_steps, "trainable_params": counts["trainable"],
                "total_params": counts["total"],
                **{k: v for k, v in progress.items() if k.startswith("best_val_")}, "best_step": progress["best_step"],
@@ -482,16 +408,6 @@ def main(argv=None):
         json.dump(summary, f, indent=1)
     print(json.dumps(summary))
     return summary
-
-
-def _probe_loss(task, autocast):
-    """(mean token loss, n targets) per micro-batch: the probe then weights the micro-batches by their
-    target counts, the same token normalisation as the training step."""
-    def loss_fn(model, batch):
-        with autocast():
-            loss_sum, n = task.loss(model, batch)
-        return loss_sum / n.clamp(min=1), n.item()
-    return loss_fn
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ bos_id / eos_id / pad_id: the first file that has the key decides, and an explic
 from pathlib import Path
 
 from data.bpe_tokenizer import bpe_from_tokenizer_json, bpe_from_vocab_merges
+from data.pair_encoding import roberta_pairs
 from data.spm_tokenizer import SentencePieceTokenizer
 from data.tokenizer_base import AddedToken, Tokenizer, read_json
 from data.wordpiece_tokenizer import WordPieceTokenizer
@@ -56,7 +57,20 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"{root}: no tokenizer files (tokenizer.model, tokenizer.json, or vocab.json + merges.txt)")
     tok.set_added_tokens(tok.added_tokens + _named_special_tokens(root / "tokenizer_config.json", config, tok))
     tok.bos_id, tok.eos_id, tok.pad_id = (_special_id(root, config, tok, name) for name in ("bos", "eos", "pad"))
+    if _is_roberta(root, config, spec):
+        tok.pair_format = roberta_pairs(tok.bos_id, tok.eos_id)
     return tok
+
+
+def _is_roberta(root: Path, config: dict, spec: dict | None) -> bool:
+    """RoBERTa's <s> a </s></s> b </s> template: tokenizer.json's post-processor says so, else tokenizer_class,
+    else (a bare vocab.json + merges.txt folder) config.json's model_type."""
+    processor = (spec or {}).get("post_processor") or {}
+    if processor:
+        return processor.get("type") == "RobertaProcessing"
+    if config.get("tokenizer_class"):
+        return config["tokenizer_class"].removesuffix("Fast") == "RobertaTokenizer"
+    return _optional_json(root / "config.json").get("model_type") == "roberta"
 
 
 def _is_wordpiece(root: Path, spec: dict | None) -> bool:

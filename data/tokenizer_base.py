@@ -11,6 +11,8 @@ from pathlib import Path
 
 import regex
 
+from data.pair_encoding import PairFormat, wrap_pair
+
 
 @dataclass(frozen=True)
 class AddedToken:
@@ -27,6 +29,7 @@ class Tokenizer:
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
+    pair_format: PairFormat | None = None  # an encoder's sentence-pair template (load_tokenizer sets it)
 
     def __init__(self, added_tokens: list[AddedToken]):
         self.set_added_tokens(added_tokens)
@@ -62,6 +65,12 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of ids: the model's, and added tokens past them (max id + 1)."""
         return max(self._n_model_ids, 1 + max((t.id for t in self.added_tokens), default=-1))
+
+    def encode_pair(self, a: str, b: str | None = None, max_len: int = 128) -> tuple[list[int], list[int]]:
+        """(ids, token types) of one text or a pair in the encoder's template (data/pair_encoding.py)."""
+        if self.pair_format is None:
+            raise ValueError("this tokenizer has no sentence-pair template (only BERT and RoBERTa tokenizers do)")
+        return wrap_pair(self.encode(a), None if b is None else self.encode(b), self.pair_format, max_len)
 
     def token_to_id(self, token: str) -> int | None:
         """The id of one whole token string (added token or model vocabulary entry), None if absent."""

@@ -9,6 +9,18 @@ Parameter objects under the same names, so the base model's state-dict keys do n
 
     y = W x + b + branch(dropout(x))            branch computed in fp32 from thin matmuls, never from dW
 
+What a method owns, as the rest of giva/ sees it (inject.py and adapter_file.py name no method):
+    method            its AdapterConfig.method name
+    needs_gradient    whether its bases come from the probe's first-step gradient G (only then does the probe run)
+    wraps_targets     whether it wraps the adapter.targets (every method but full fine-tuning)
+    check_config(cfg) the config fields it needs
+    layer_bases(linear, cfg, name, grad) -> {basis name: tensor}   the data-dependent frozen tensors, computed
+                      before the layer is wrapped (GiVA: SVD of G; OSoRA: SVD of W0; the others: none)
+    shared_bases(cfg, m_max, n_max, device) -> SharedBases | None  one copy for every layer (VeRA, RandLoRA)
+    __init__(linear, cfg, name, shared, bases)   bases None: placeholders that a file load fills, then finish_load()
+    attach(model, cfg, targets, bases) -> {parameter name: parameter}   wraps every target; the trainable tensors
+giva/full.py implements the same class-level members for full fine-tuning, which wraps nothing.
+
 The scaling vectors of GiVA, VeRA and OSoRA (and LoRA's scalar) are folded into the thin bases before the
 matmuls, e.g. GiVA's branch is x -> (A * lambda_s[:, None]) -> (B * lambda_o[:, None]): the same dW x, but the
 elementwise products cost r'(n + m) instead of tokens * (r' + m), and no (tokens, m) activation is kept
@@ -43,22 +55,68 @@ class SharedBases(nn.Module):
             self.register_buffer(name, t, persistent=False)
 
 
+def replace_module(model: nn.Module, name: str, new: nn.Module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
 class AdaptedLinear(nn.Module):
+    method: str = ""
+    needs_gradient = False
+    wraps_targets = True
     trainable_names: tuple[str, ...] = ()
     basis_names: tuple[str, ...] = ()
 
-    def __init__(self, linear: nn.Linear, dropout: float):
+    @classmethod
+    def check_config(cls, cfg):
+        if not cfg.targets:
+            cfg.bad("targets", f"method {cls.method!r} needs at least one target module name")
+
+    @classmethod
+    def layer_bases(cls, linear: nn.Linear, cfg, name: str, grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return {}
+
+    @classmethod
+    def shared_bases(cls, cfg, m_max: int, n_max: int, device) -> SharedBases | None:
+        return None
+
+    @classmethod
+    def attach(cls, model: nn.Module, cfg, targets: dict[str, nn.Linear], bases: dict) -> dict[str, nn.Parameter]:
+        """Replace every target by this method's layer (bases[name] filled, else placeholders); the trainables."""
+        lin0 = next(iter(targets.values()))
+        m_max = max(lin.out_features for lin in targets.values())
+        n_max = max(lin.in_features for lin in targets.values())
+        shared = cls.shared_bases(cfg, m_max, n_max, lin0.weight.device)
+        trainable = {}
+        for name, lin in targets.items():
+            layer = cls(lin, cfg, name, shared, bases.get(name))
+            replace_module(model, name, layer)
+            trainable.update({f"{name}.{k}": p for k, p in layer.trainable().items()})
+        return trainable
+
+    def __init__(self, linear: nn.Linear, cfg, shared: SharedBases | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_parameter("weight", linear.weight)
         self.register_parameter("bias", linear.bias)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.shared = shared
         self.merged = False
 
     def _new(self, *shape, fill=None) -> torch.Tensor:
         """An fp32 adapter tensor on the weight's device (meta stays meta), filled if asked."""
         t = torch.empty(*shape, dtype=ADAPTER_DTYPE, device=self.weight.device)
         return t if fill is None else t.fill_(fill)
+
+    def _bases_or_nan(self, bases: dict | None, shapes: dict[str, tuple]):
+        """Register each basis buffer from `bases`, or NaN-filled (so a forgotten fill shows at once) for a file
+        load to overwrite. The official code silently keeps random bases there (methods.md 9.10)."""
+        for name, shape in shapes.items():
+            value = self._new(*shape, fill=float("nan")) if bases is None else bases[name].to(self.weight.device,
+                                                                                              ADAPTER_DTYPE)
+            if tuple(value.shape) != tuple(shape):
+                raise ValueError(f"basis {name} has shape {tuple(value.shape)}, the layer needs {tuple(shape)}")
+            self.register_buffer(name, value.contiguous())
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         """dW x for fp32 x (..., in) -> (..., out), through thin matmuls."""

@@ -1,9 +1,11 @@
 """Adapter files: safetensors written by our own writer, the AdapterConfig in the metadata.
 
-Keys are "<module name>.<tensor>" for per-layer tensors (GiVA's A and B, OSoRA's U_r, V_r, S_r, and
-every trainable tensor) and "shared.<tensor>" for VeRA's and RandLoRA's shared bases, stored once.
-A training run writes the bases once (include_trainable=False) and small trainable-only files per
-checkpoint (include_bases=False); load_adapter takes them all together. "full" stores every parameter.
+Keys are the parameter names of every trainable tensor (model.adapter_trainable: the method's tensors and
+the modules trained fully, e.g. "classifier.weight"; every parameter for full fine-tuning), "<module
+name>.<basis>" for per-layer frozen bases (GiVA's A and B, OSoRA's U_r, V_r, S_r) and "shared.<tensor>" for
+VeRA's and RandLoRA's shared bases, stored once. A training run writes the bases once
+(include_trainable=False) and small trainable-only files per checkpoint (include_bases=False); load_adapter
+takes them all together. Nothing here depends on the method: each layer lists its own tensors.
 """
 import json
 from pathlib import Path
@@ -12,21 +14,19 @@ import torch
 from torch import nn
 
 from giva.config import AdapterConfig
-from giva.inject import adapted_layers, build_adapters
+from giva.inject import adapted_layers, adapter_parameters, build_adapters
 from data.safetensors_io import SafetensorsFile, save_safetensors
 
 FORMAT = "giva-adapter/1"
 
 
 def _tensors(model: nn.Module, bases: bool, trainable: bool) -> dict[str, torch.Tensor]:
-    if model.adapter_config.method == "full":
-        return dict(model.named_parameters()) if trainable else {}
-    out = {}
-    for name, layer in adapted_layers(model).items():
-        out.update({f"{name}.{k}": t for k, t in layer.bases().items()} if bases else {})
-        out.update({f"{name}.{k}": t for k, t in layer.trainable().items()} if trainable else {})
-        if bases and hasattr(layer, "shared"):
-            out.update({f"shared.{k}": t for k, t in layer.shared.named_buffers()})
+    out = dict(zip(model.adapter_trainable, adapter_parameters(model))) if trainable else {}
+    if bases:
+        for name, layer in adapted_layers(model).items():
+            out.update({f"{name}.{k}": t for k, t in layer.bases().items()})
+            if layer.shared is not None:
+                out.update({f"shared.{k}": t for k, t in layer.shared.named_buffers()})
     return out
 
 

@@ -1,9 +1,16 @@
-"""Put adapters into a model, take them out, and account for what trains.
+"""Put adapters into a model, take them out, and account for what trains. No method is named here: each
+method's class (giva/methods.py) answers for itself through the protocol of giva/adapted_linear.py.
 
-Targets are matched by module name: a module whose dotted name equals a target or ends with "." + target.
-apply_adapters freezes every parameter, replaces each target nn.Linear by its method's AdaptedLinear,
-initialises it (GiVA from the gradients, OSoRA from W0, the others from seeds), and records the config
-as `model.adapter_config`. Afterwards exactly the adapter tensors require grad.
+    needs_gradient(cfg)                 does the method's init need the probe's first-step gradient G?
+    compute_bases(model, cfg, grads)    the data-dependent frozen bases of every target, before wrapping
+                                        (GiVA: the SVD of each G, popped from `grads` as it goes; OSoRA: of W0)
+    apply_adapters(model, cfg, bases)   freeze everything, wrap every target, train the adapters' tensors
+                                        and the modules in cfg.modules_to_save (each parameter once)
+    build_adapters(model, cfg)          the same without bases (placeholders): load_adapter fills them
+
+Targets are matched by module name: a module whose dotted name equals a target or ends with "." + target;
+modules inside cfg.modules_to_save are never targets (peft's rule). Afterwards exactly the tensors listed
+in `model.adapter_trainable` require grad, and `model.adapter_config` records the config.
 """
 from collections import Counter, defaultdict
 
@@ -11,13 +18,8 @@ import torch
 from torch import nn
 
 from giva.adapted_linear import AdaptedLinear
-from giva.bases import effective_rank, giva_bases, layer_seed
 from giva.config import AdapterConfig
-from giva.giva_linear import GivaLinear
-from giva.lora import LoraLinear
-from giva.osora import OsoraLinear
-from giva.randlora import RandLoraLinear, randlora_shared_bases
-from giva.vera import VeraLinear, vera_shared_bases
+from giva.methods import METHODS
 
 
 def _linear_summary(model: nn.Module) -> str:
@@ -29,11 +31,29 @@ def _linear_summary(model: nn.Module) -> str:
     return ", ".join(f"{s} x{c} (e.g. {example[s]})" for s, c in counts.items())
 
 
-def find_targets(model: nn.Module, targets: list[str]) -> dict[str, nn.Linear]:
-    """{name: module} of every nn.Linear whose name is a target or ends with "." + target, in model order."""
+def _matches(name: str, suffix: str) -> bool:
+    return name == suffix or name.endswith("." + suffix)
+
+
+def find_modules_to_save(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """{name: module} of every module matched by a modules_to_save suffix (outermost matches only)."""
+    found = {}
+    for s in names:
+        hits = [(n, m) for n, m in model.named_modules() if _matches(n, s)]
+        if not hits:
+            raise ValueError(f"adapter.modules_to_save: {s!r} matches no module of {type(model).__name__}")
+        found.update(hits)
+    return {n: m for n, m in found.items() if not any(n.startswith(o + ".") for o in found)}
+
+
+def find_targets(model: nn.Module, targets: list[str], exclude: list[str] = ()) -> dict[str, nn.Linear]:
+    """{name: module} of every nn.Linear whose name is a target or ends with "." + target, in model order,
+    leaving out the modules inside those named in `exclude` (the modules trained fully)."""
+    skip = tuple(find_modules_to_save(model, list(exclude)))
     found = {}
     for t in targets:
-        hits = [(n, m) for n, m in model.named_modules() if n == t or n.endswith("." + t)]
+        hits = [(n, m) for n, m in model.named_modules()
+                if _matches(n, t) and not any(n == s or n.startswith(s + ".") for s in skip)]
         if not hits:
             raise ValueError(f"target {t!r} matches no module; the nn.Linear layers are: {_linear_summary(model)}")
         for n, m in hits:
@@ -47,28 +67,45 @@ def find_targets(model: nn.Module, targets: list[str]) -> dict[str, nn.Linear]:
     return dict(sorted(found.items(), key=lambda kv: order[kv[0]]))
 
 
+def _targets(model: nn.Module, cfg: AdapterConfig) -> dict[str, nn.Linear]:
+    return find_targets(model, cfg.targets, cfg.modules_to_save) if METHODS[cfg.method].wraps_targets else {}
+
+
 def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLinear)}
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module):
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+def needs_gradient(cfg: AdapterConfig) -> bool:
+    """Whether the method's bases come from the probe's first-step gradient (only then is there a probe)."""
+    return METHODS[cfg.method].needs_gradient
 
 
-def build_adapters(model: nn.Module, cfg: AdapterConfig) -> dict[str, AdaptedLinear]:
-    """Freeze the model and wrap every target, before any data-dependent init (GiVA and OSoRA bases
-    are left unset: apply_adapters fills them from data, load_adapter from a file)."""
-    if hasattr(model, "adapter_config"):
-        raise ValueError(f"the model already has {model.adapter_config.method!r} adapters")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if cfg.method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model.adapter_config = cfg
-        return {}
-    targets = find_targets(model, cfg.targets)
+@torch.no_grad()
+def compute_bases(model: nn.Module, cfg: AdapterConfig, grads: dict[str, torch.Tensor] | None = None) -> dict:
+    """{target name: {basis name: tensor}}: every target's data-dependent frozen bases, on its weight's device.
+
+    For a method that needs_gradient, `grads` ({module name: (out, in)}, from estimate_gradients) must hold
+    every target; each gradient is popped as soon as its layer's bases exist, so its memory goes as the
+    loop advances."""
+    method = METHODS[cfg.method]
+    targets = _targets(model, cfg)
+    if method.needs_gradient:
+        if grads is None:
+            raise ValueError(f"method {cfg.method!r} needs grads=estimate_gradients(...) (or load_adapter to "
+                             f"restore a trained one)")
+        missing = [n for n in targets if n not in grads]
+        if missing:
+            raise ValueError(f"grads has no gradient for target layer(s) {missing[:5]}"
+                             f"{'...' if len(missing) > 5 else ''}; it has {len(grads)} entries, e.g. {list(grads)[:3]}")
+    bases = {}
+    for name, lin in targets.items():
+        grad = grads.pop(name).to(lin.weight.device) if method.needs_gradient else None
+        bases[name] = method.layer_bases(lin, cfg, name, grad)
+        del grad
+    return bases
+
+
+def _check_untied(model: nn.Module, targets: dict[str, nn.Linear]):
     names_of = defaultdict(list)
     for n, p in model.named_parameters(remove_duplicate=False):
         names_of[id(p)].append(n)
@@ -77,64 +114,39 @@ def build_adapters(model: nn.Module, cfg: AdapterConfig) -> dict[str, AdaptedLin
         if tied:
             raise ValueError(f"target {name}: its weight is tied to {tied}, so merging dW into it would change "
                              f"those too; untie the weights or drop the target")
-    device = next(iter(targets.values())).weight.device
-    m_max = max(lin.out_features for lin in targets.values())
-    n_max = max(lin.in_features for lin in targets.values())
-    shared = None
-    if cfg.method == "vera":
-        shared = vera_shared_bases(cfg.r, m_max, n_max, cfg.seed, device)
-    elif cfg.method == "randlora":
-        shared = randlora_shared_bases(cfg.r, m_max, n_max, cfg.seed, device)
-    layers = {}
-    for name, lin in targets.items():
-        m, n = lin.out_features, lin.in_features
-        if cfg.method == "giva":
-            layer = GivaLinear(lin, effective_rank(cfg.r, m, n, cfg.init), cfg.dropout)
-        elif cfg.method == "vera":
-            layer = VeraLinear(lin, shared, cfg.d_initial, cfg.dropout)
-        elif cfg.method == "osora":
-            layer = OsoraLinear(lin, cfg.r, cfg.dropout)
-        elif cfg.method == "randlora":
-            layer = RandLoraLinear(lin, shared, cfg.alpha, cfg.randlora_sqrt_n, cfg.dropout)
-        else:
-            g = torch.Generator().manual_seed(layer_seed(cfg.seed, name))
-            layer = LoraLinear(lin, cfg.r, cfg.alpha, cfg.use_rslora, cfg.dropout, generator=g)
-        _replace(model, name, layer)
-        layers[name] = layer
+
+
+def build_adapters(model: nn.Module, cfg: AdapterConfig, bases: dict | None = None) -> nn.Module:
+    """Freeze everything, wrap every target of `cfg` in place (with `bases`, else placeholders), and choose
+    what trains: the method's tensors and the modules in cfg.modules_to_save, each parameter once."""
+    if hasattr(model, "adapter_config"):
+        raise ValueError(f"the model already has {model.adapter_config.method!r} adapters")
+    targets = _targets(model, cfg)
+    _check_untied(model, targets)
+    saved = find_modules_to_save(model, cfg.modules_to_save)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = METHODS[cfg.method].attach(model, cfg, targets, bases or {})
+    for name, module in saved.items():
+        trainable.update({f"{name}.{k}": p for k, p in module.named_parameters()})
+    for p in trainable.values():
+        p.requires_grad_(True)
     model.adapter_config = cfg
-    return layers
+    model.adapter_trainable = tuple(trainable)  # parameter names, each once, in order
+    model.adapter_saved = tuple(f"{n}.{k}" for n, m in saved.items() for k, _ in m.named_parameters())
+    return model
 
 
-def apply_adapters(model: nn.Module, cfg: AdapterConfig, grads: dict[str, torch.Tensor] | None = None):
-    """Wrap and initialise every target of `cfg`, in place.
-
-    GiVA needs `grads` ({module name: (out, in)}, from estimate_gradients); each gradient is popped from
-    the dict as soon as its layer's bases exist, so their memory goes as the loop advances. On a model on
-    the meta device (dry runs, parameter counts) no gradients are needed and nothing is initialised.
-    """
-    targets = {} if cfg.method == "full" else find_targets(model, cfg.targets)
-    dry = bool(targets) and all(lin.weight.device.type == "meta" for lin in targets.values())
-    if cfg.method == "giva" and not dry:  # check the gradients before the model is touched
-        if grads is None:
-            raise ValueError("GiVA needs grads=estimate_gradients(...) (or use load_adapter to restore a trained one)")
-        missing = [n for n in targets if n not in grads]
-        if missing:
-            raise ValueError(f"grads has no gradient for target layer(s) {missing[:5]}{'...' if len(missing) > 5 else ''}; "
-                             f"it has {len(grads)} entries, e.g. {list(grads)[:3]}")
-        for n, lin in targets.items():
-            if grads[n].shape != lin.weight.shape:
-                raise ValueError(f"gradient for {n} has shape {tuple(grads[n].shape)}, its weight {tuple(lin.weight.shape)}")
-    layers = build_adapters(model, cfg)
-    if cfg.method == "giva" and not dry:
-        for name, layer in layers.items():
-            G = grads.pop(name).to(layer.weight.device)
-            A, B = giva_bases(G, layer.giva_A.shape[0], cfg.init, seed=layer_seed(cfg.seed, name),
-                              q=cfg.svd_q, niter=cfg.svd_niter)
-            del G
-            layer.set_bases(A, B)
-    if cfg.method == "osora" and not dry:
-        for layer in layers.values():
-            layer.init_from_weight()
+def apply_adapters(model: nn.Module, cfg: AdapterConfig, bases: dict | None = None) -> nn.Module:
+    """build_adapters with the bases of compute_bases. `bases` may be left out on a model on the meta device
+    (dry runs, parameter counts); a method with data-dependent bases refuses to run without them."""
+    build_adapters(model, cfg, bases)
+    unset = [n for n, layer in adapted_layers(model).items()
+             if layer.basis_names and layer.weight.device.type != "meta" and n not in (bases or {})]
+    if unset:
+        raise ValueError(f"{len(unset)} layer(s), e.g. {unset[0]}, need the bases of compute_bases(model, cfg, "
+                         f"grads) (or load_adapter to restore a trained adapter)")
+    return model
 
 
 def merge_adapters(model: nn.Module):
@@ -149,16 +161,14 @@ def unmerge_adapters(model: nn.Module):
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The tensors the optimizer must hold: the adapters' trainable tensors (every parameter for "full")."""
+    """The tensors the optimizer must hold, each once: the method's trainables and the modules trained fully."""
     if not hasattr(model, "adapter_config"):
         raise ValueError("the model has no adapters: call apply_adapters or load_adapter first")
-    if model.adapter_config.method == "full":
-        return list(model.parameters())
-    return [p for layer in adapted_layers(model).values() for p in layer.trainable().values()]
+    return [model.get_parameter(n) for n in model.adapter_trainable]
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
-    """Raise unless the optimizer holds exactly the adapter tensors and those are all that require grad."""
+    """Raise unless the optimizer holds exactly the adapter tensors, each once, and those are all that require grad."""
     names = {id(p): n for n, p in model.named_parameters()}
     expected = {id(p) for p in adapter_parameters(model)}
     held = [p for group in optimizer.param_groups for p in group["params"]]
@@ -172,27 +182,32 @@ def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
 
 
 def count_parameters(model: nn.Module) -> dict:
-    """{"total": every parameter (base + adapter, shared ones once), "trainable": adapter parameters,
-    "per_target": {target suffix: (layers, trainable)}}; percentages in methods.md 7.4 are trainable / total."""
-    total = sum(p.numel() for p in model.parameters())
+    """{"total": every parameter (base + adapter, shared ones once), "trainable": what the method trains,
+    "fully_trained": the modules_to_save parameters (a head: the paper's counts leave it out), "per_target":
+    {target suffix: (layers, trainable)}}. methods.md 7.4's percentages are trainable / total."""
     per = defaultdict(lambda: [0, 0])
     for name, layer in adapted_layers(model).items():
         row = per[name.rsplit(".", 1)[-1]]
         row[0] += 1
         row[1] += sum(p.numel() for p in layer.trainable().values())
-    trainable = sum(p.numel() for p in adapter_parameters(model))
-    return {"total": total, "trainable": trainable, "per_target": {k: tuple(v) for k, v in per.items()}}
+    saved = set(model.adapter_saved)
+    size = lambda names: sum(model.get_parameter(n).numel() for n in names)
+    return {"total": sum(p.numel() for p in model.parameters()),
+            "trainable": size(n for n in model.adapter_trainable if n not in saved), "fully_trained": size(saved),
+            "per_target": {k: tuple(v) for k, v in per.items()}}
 
 
 def parameter_table(model: nn.Module) -> str:
-    """A printable table: trainable parameters per target type and in total, absolute and % of the model."""
+    """A printable table: trainable parameters per target type, the modules trained fully, the totals."""
     cfg, c = model.adapter_config, count_parameters(model)
     pct = lambda k: f"{100 * k / c['total']:.3f}%"
-    title = ("full fine-tuning: every parameter trains" if cfg.method == "full" else
-             f"{cfg.method} (r={cfg.r}) on {sum(v[0] for v in c['per_target'].values())} layers")
-    lines = [title,
-             f"{'target':<16}{'layers':>8}{'trainable':>16}{'% of model':>12}"]
-    lines += [f"{t:<16}{k:>8}{n:>16,}{pct(n):>12}" for t, (k, n) in c["per_target"].items()]
-    lines.append(f"{'trainable':<24}{c['trainable']:>16,}{pct(c['trainable']):>12}")
-    lines.append(f"{'model (base+adapter)':<24}{c['total']:>16,}")
+    n_layers = sum(v[0] for v in c["per_target"].values())
+    title = f"{cfg.method} (r={cfg.r}) on {n_layers} layers" if n_layers else f"{cfg.method}: every parameter trains"
+    lines = [title, f"{'target':<24}{'layers':>8}{'trainable':>16}{'% of model':>12}"]
+    lines += [f"{t:<24}{k:>8}{n:>16,}{pct(n):>12}" for t, (k, n) in c["per_target"].items()]
+    if c["fully_trained"]:
+        lines.append(f"{'modules_to_save':<24}{len(cfg.modules_to_save):>8}{c['fully_trained']:>16,}"
+                     f"{pct(c['fully_trained']):>12}   ({', '.join(cfg.modules_to_save)}: trained fully, not counted)")
+    lines.append(f"{'trainable':<32}{c['trainable']:>16,}{pct(c['trainable']):>12}")
+    lines.append(f"{'model (base+adapter)':<32}{c['total']:>16,}")
     return "\n".join(lines)

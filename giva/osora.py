@@ -15,43 +15,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from giva.adapted_linear import AdaptedLinear
-from giva.bases import exact_fp32
+from giva.numerics import exact_fp32
 
 
 class OsoraLinear(AdaptedLinear):
+    method = "osora"
     trainable_names = ("osora_lambda_b", "osora_lambda_d")
     basis_names = ("osora_A", "osora_B", "osora_S")
 
-    def __init__(self, linear: nn.Linear, r: int, dropout: float = 0.0):
-        """Bases NaN and W untouched: follow with init_from_weight() or a file load + finish_load()."""
-        super().__init__(linear, dropout)
-        r = min(r, self.in_features, self.out_features)
-        nan = float("nan")
-        self.register_buffer("osora_A", self._new(r, self.in_features, fill=nan))  # (r', n)
-        self.register_buffer("osora_B", self._new(self.out_features, r, fill=nan))  # (m, r')
-        self.register_buffer("osora_S", self._new(r, fill=nan))  # (r',) the initial singular values
-        self.osora_lambda_b = nn.Parameter(self._new(self.out_features, fill=1.0))  # (m,)
-        self.osora_lambda_d = nn.Parameter(self._new(r, fill=nan))  # (r',)
-
+    @classmethod
     @torch.no_grad()
-    def init_from_weight(self):
-        r = self.osora_S.shape[0]
+    def layer_bases(cls, linear, cfg, name, grad):
+        """The top-r' singular triplets of the layer's own W0 (exact SVD in fp32)."""
+        r = min(cfg.r, linear.in_features, linear.out_features)
         with exact_fp32():
-            U, S, Vh = torch.linalg.svd(self.weight.float(), full_matrices=False)  # (m, k), (k,), (k, n)
-        self.osora_A.copy_(Vh[:r])
-        self.osora_B.copy_(U[:, :r])
-        self.osora_S.copy_(S[:r])
-        self.osora_lambda_d.copy_(S[:r])
-        self._subtract_top()
+            U, S, Vh = torch.linalg.svd(linear.weight.float(), full_matrices=False)  # (m, k), (k,), (k, n)
+        return {"osora_A": Vh[:r], "osora_B": U[:, :r], "osora_S": S[:r]}
+
+    def __init__(self, linear: nn.Linear, cfg, name: str, shared=None, bases=None):
+        """With `bases` (from layer_bases): W becomes W_res at once. Without: NaN bases and W untouched, for a
+        file load to fill, then finish_load() subtracts."""
+        super().__init__(linear, cfg)
+        r = min(cfg.r, self.in_features, self.out_features)
+        self._bases_or_nan(bases, {"osora_A": (r, self.in_features), "osora_B": (self.out_features, r),
+                                   "osora_S": (r,)})
+        self.osora_lambda_b = nn.Parameter(self._new(self.out_features, fill=1.0))  # (m,)
+        self.osora_lambda_d = nn.Parameter(self.osora_S.clone())  # (r',) starts at the singular values
+        if bases is not None and self.weight.device.type != "meta":
+            self.finish_load()
 
     @torch.no_grad()
-    def _subtract_top(self):
+    def finish_load(self):
         """W <- W0 - B diag(S_r) A, computed in fp32 and cast to the base dtype."""
         with exact_fp32():
             self.weight.copy_(self.weight.float() - (self.osora_B * self.osora_S) @ self.osora_A)
-
-    def finish_load(self):
-        self._subtract_top()
 
     def branch(self, x):
         A = self.osora_A * self.osora_lambda_d[:, None]  # (r', n): the vectors folded into the thin bases

@@ -11,7 +11,8 @@ Per layer: d = min(m, n), D = max(m, n), N = ceil(d / r) bases.
 The two flattening orders pair column c of B~ (basis c // r, rank c % r) with row c of A~ (rank c // N,
 basis c % N): the code's order, kept so the maths matches peft and the official repo bit for bit
 (equal in distribution to the paper's sum over k of B_k diag(lambda[:, k]) A diag(gamma[k])).
-s = alpha / r (peft) or alpha / (r sqrt(N)) (official repo, `randlora_sqrt_n`). Deliberate difference
+s = alpha / r (peft) or alpha / (r sqrt(N)) (official repo, `randlora_sqrt_n`). The shared bases are drawn
+from a CPU generator seeded with adapter.randlora_seed (peft's projection_prng_key). Deliberate difference
 from the peft fork: the bases are drawn in fp32 (as the official repo), not bf16.
 """
 import math
@@ -45,11 +46,21 @@ def randlora_shared_bases(r: int, m_max: int, n_max: int, seed: int, device) -> 
 
 
 class RandLoraLinear(AdaptedLinear):
+    method = "randlora"
     trainable_names = ("randlora_lambda", "randlora_gamma")
 
-    def __init__(self, linear: nn.Linear, shared: SharedBases, alpha: float, sqrt_n: bool = False,
-                 dropout: float = 0.0):
-        super().__init__(linear, dropout)
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        if cfg.alpha is None:
+            cfg.bad("alpha", "RandLoRA needs an explicit alpha (scaling = alpha / r)")
+
+    @classmethod
+    def shared_bases(cls, cfg, m_max, n_max, device):
+        return randlora_shared_bases(cfg.r, m_max, n_max, cfg.randlora_seed, device)
+
+    def __init__(self, linear: nn.Linear, cfg, name: str, shared: SharedBases, bases=None):
+        super().__init__(linear, cfg, shared)
         r, _, d_max = shared.randlora_A.shape
         m, n = self.out_features, self.in_features
         self.d, self.D, self.N = min(m, n), max(m, n), n_bases(r, m, n)
@@ -57,8 +68,7 @@ class RandLoraLinear(AdaptedLinear):
         if self.d > d_max or self.D > D_max or self.N > N_max:
             raise ValueError(f"RandLoRA shared bases A {tuple(shared.randlora_A.shape)}, "
                              f"B {tuple(shared.randlora_B.shape)} are too small for a layer of shape ({m}, {n})")
-        self.shared = shared
-        self.scaling = alpha / (r * math.sqrt(self.N)) if sqrt_n else alpha / r
+        self.scaling = cfg.alpha / (r * math.sqrt(self.N)) if cfg.randlora_sqrt_n else cfg.alpha / r
         self.randlora_lambda = nn.Parameter(self._new(r, self.N, fill=0.0))  # (r, N)
         self.randlora_gamma = nn.Parameter(self._new(self.N, self.d, fill=1.0 / max(self.N, self.d)))  # (N, d)
 

@@ -5,8 +5,9 @@
     A (r, n_max), B (m_max, r)   shared, frozen; n_max, m_max = largest in/out features over the targets
     lambda_b (m) init 0, lambda_d (r) init d_initial.   r is not capped by the layer size.
 
-The bases are drawn exactly as peft does: a CPU torch.Generator seeded with `seed`, A first then B, each
-U(-b, b) with b = sqrt(3) sqrt(2) / sqrt(fan_in), fan_in = the tensor's second dimension.
+The bases are drawn exactly as peft does: a CPU torch.Generator seeded with adapter.vera_seed (peft's
+projection_prng_key), A first then B, each U(-b, b) with b = sqrt(3) sqrt(2) / sqrt(fan_in), fan_in = the
+tensor's second dimension.
 """
 import math
 
@@ -33,17 +34,21 @@ def vera_shared_bases(r: int, m_max: int, n_max: int, seed: int, device) -> Shar
 
 
 class VeraLinear(AdaptedLinear):
+    method = "vera"
     trainable_names = ("vera_lambda_b", "vera_lambda_d")
 
-    def __init__(self, linear: nn.Linear, shared: SharedBases, d_initial: float, dropout: float = 0.0):
-        super().__init__(linear, dropout)
+    @classmethod
+    def shared_bases(cls, cfg, m_max, n_max, device):
+        return vera_shared_bases(cfg.r, m_max, n_max, cfg.vera_seed, device)
+
+    def __init__(self, linear: nn.Linear, cfg, name: str, shared: SharedBases, bases=None):
+        super().__init__(linear, cfg, shared)
         r, n_max = shared.vera_A.shape
         if n_max < self.in_features or shared.vera_B.shape[0] < self.out_features:
             raise ValueError(f"VeRA shared bases A {tuple(shared.vera_A.shape)}, B {tuple(shared.vera_B.shape)} "
                              f"are too small for a layer of shape ({self.out_features}, {self.in_features})")
-        self.shared = shared
         self.vera_lambda_b = nn.Parameter(self._new(self.out_features, fill=0.0))  # (m,)
-        self.vera_lambda_d = nn.Parameter(self._new(r, fill=d_initial))  # (r,)
+        self.vera_lambda_d = nn.Parameter(self._new(r, fill=cfg.d_initial))  # (r,)
 
     def _sliced(self):
         return self.shared.vera_A[:, :self.in_features], self.shared.vera_B[:self.out_features]  # (r, n), (m, r)

@@ -4,8 +4,11 @@ Notation (shape comments):
     B batch, T new tokens, S key/value slots attended (cache_start + T with a KV cache, else T),
     D dim, H n_heads, K n_kv_heads, Dh head_dim, F hidden_dim (MLP), V vocab_size.
 
-Module names mirror HF's so adapter targets use the usual suffixes (`q_proj`, `up_proj`, ...), and every
-projection is its own nn.Linear (fused checkpoint tensors are split at load, models/checkpoint.py).
+Module names mirror the checkpoint's, so adapter targets use the usual suffixes (`q_proj`, `up_proj`, ...).
+A family that ships fused projections keeps them fused (`fused_projections`, Phi-3): one `qkv_proj`
+(out [q; k; v]) and one `gate_up_proj` (out [gate; up]) whose outputs are split, so an adapter on
+`qkv_proj` sees the whole fused matrix as the paper's Phi-3 runs did (one gradient SVD, lambda_o over all
+9216 outputs; methods.md 7.3, 7.4 and 9.23).
 
 Block, pre-norm (Llama, Mistral, Qwen2, Phi-3):      Block, post-norm (OLMo-2):
     x = x + attn(input_layernorm(x))                    x = x + post_attention_layernorm(attn(x))
@@ -19,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from .lm_loss import chunked_cross_entropy
 
 
 @dataclass
@@ -45,6 +50,7 @@ class DecoderConfig:
     norm_scale_in_fp32: bool = False  # RMSNorm multiplies its weight before casting back (OLMo-2)
     tie_embeddings: bool = False
     sliding_window: int | None = None  # a query sees itself and the window-1 slots before it
+    fused_projections: bool = False  # qkv_proj and gate_up_proj as single matrices (Phi-3's checkpoint layout)
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -116,9 +122,14 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, q_dim, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.split = (q_dim, kv_dim, kv_dim)
+        if cfg.fused_projections:
+            self.qkv_proj = nn.Linear(cfg.dim, q_dim + 2 * kv_dim, bias=cfg.qkv_bias)
+        else:
+            self.q_proj = nn.Linear(cfg.dim, q_dim, bias=cfg.qkv_bias)
+            self.k_proj = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+            self.v_proj = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.fused = cfg.fused_projections
         self.o_proj = nn.Linear(q_dim, cfg.dim, bias=cfg.o_bias)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(q_dim, cfg.norm_eps, cfg.norm_scale_in_fp32)
@@ -129,7 +140,10 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, is_causal, cache_k=None, cache_v=None, cache_start=0):
         """cache_k, cache_v: this layer's KV cache (B, K, max_len, Dh), or None without a cache."""
         B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*Dh), (B, T, K*Dh) x2
+        if self.fused:
+            q, k, v = self.qkv_proj(x).split(self.split, dim=-1)  # (B, T, H*Dh), (B, T, K*Dh) x2
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
@@ -184,16 +198,24 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); fused: gate, up = gate_up_proj(x).chunk(2) (Phi-3)."""
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+        self.fused = cfg.fused_projections
+        if self.fused:
+            self.gate_up_proj = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=cfg.mlp_bias)
+        else:
+            self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+            self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # (B, T, F) x2
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -229,6 +251,14 @@ class Decoder(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.activation_checkpointing = False
+        self.loss_chunk = 256  # sequence positions per chunk of the fused LM-head loss (train.loss_chunk)
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of next-token losses over the labelled positions, their count) of a left-padded causal-LM batch
+        (data/collate.py): input_ids, labels, and optionally pad_mask and positions, all (B, T)."""
+        hidden = self.forward_hidden(batch["input_ids"], positions=batch.get("positions"),
+                                     pad_mask=batch.get("pad_mask"))  # (B, T, D)
+        return chunked_cross_entropy(hidden, self.lm_head, batch["labels"], self.loss_chunk)
 
     def set_activation_checkpointing(self, enabled: bool):
         """Recompute each block's activations in the backward pass instead of keeping them (training only)."""

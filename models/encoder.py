@@ -8,13 +8,12 @@ Notation: B batch, T tokens, D model width (`dim`), H heads, Dh = D / H, F feed-
         x = LayerNorm(x + output.dense(act(intermediate.dense(x))))
     head:
         BERT     logits = classifier(tanh(pooler.dense(x[:, 0])))
-        RoBERTa  logits = classifier.out_proj(tanh(classifier.hidden_proj(x[:, 0])))
+        RoBERTa  logits = classifier.out_proj(tanh(classifier.dense(x[:, 0])))
 
 Module names mirror HF's BertModel/RobertaModel (without the `bert.`/`roberta.` prefix), so the adapter
-targets of the paper's GLUE runs are the usual suffixes: query, key, value, dense. The one deliberate
-difference is RoBERTa's head projection, HF `classifier.dense`, called `classifier.hidden_proj` here: peft
-excludes the whole head from targeting (it is in modules_to_save and trained fully), and a suffix match on
-"dense" would otherwise wrap it. The family key table maps the name (models/encoder_families.py).
+targets of the paper's GLUE runs are the usual suffixes: query, key, value, dense. RoBERTa's head has a
+`classifier.dense` too; the paper's runs train the head fully (adapter.modules_to_save: [classifier]), and
+giva never targets a module inside modules_to_save, as peft.
 """
 import math
 from dataclasses import dataclass
@@ -171,12 +170,12 @@ class ClsMLPHead(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.hidden_proj = nn.Linear(cfg.dim, cfg.dim)
+        self.dense = nn.Linear(cfg.dim, cfg.dim)
         self.out_proj = nn.Linear(cfg.dim, cfg.num_labels)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x = torch.tanh(self.hidden_proj(self.dropout(hidden[:, 0])))  # (B, D)
+        x = torch.tanh(self.dense(self.dropout(hidden[:, 0])))  # (B, D)
         return self.out_proj(self.dropout(x))  # (B, L)
 
 
@@ -217,6 +216,16 @@ class Encoder(nn.Module):
             return self.classifier(hidden)
         return self.classifier(self.classifier_dropout(self.pooler(hidden)))
 
-    def head_parameters(self) -> list[nn.Parameter]:
-        """The task head that fine-tuning trains fully (peft's modules_to_save): the `classifier` module."""
-        return [] if self.classifier is None else list(self.classifier.parameters())
+    def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of per-example losses, number of examples) of a classification batch (data/classification.py):
+        cross-entropy, or squared error for regression (num_labels = 1, STS-B), as HF's sequence classifiers."""
+        logits = self(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).float()  # (B, L)
+        labels = batch["labels"]
+        if self.cfg.num_labels == 1:
+            total = F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")
+        else:
+            total = F.cross_entropy(logits, labels, reduction="sum")
+        return total, torch.tensor(labels.shape[0], device=labels.device)
+
+    def materialize_buffers(self, device):
+        """Nothing to recompute after loading (the decoder's rotary frequencies have no encoder counterpart)."""

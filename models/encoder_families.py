@@ -1,54 +1,33 @@
-"""Encoder checkpoint families (BERT, RoBERTa): config.json -> EncoderConfig, one key table each, strict loading.
+"""Encoder checkpoint families (BERT, RoBERTa): config.json -> EncoderConfig and one key table each.
 
-A family is a table entry: the config converter, the prefix its task models put before the body
-(`bert.`, `roberta.`), the key table from our parameter names to the checkpoint's, and the checkpoint
-tensors it knows and deliberately leaves unused (pretraining heads, RoBERTa's pooler). The family comes
-from config.json's `model_type`, never from the directory name.
-
-Loading is strict: a checkpoint tensor that is neither mapped nor known-unused, a missing tensor or a
-mis-shaped one is an error naming the file and key. The classification head alone may be absent (a
-pretrained body fine-tuned with a fresh head, as AutoModelForSequenceClassification does); it is then
-initialised as HF initialises it (normal(0, initializer_range), zero bias) from the global RNG.
+They are `Family` entries (models/families.py) loaded by the one strict loader of models/checkpoint.py, like
+the decoders. Checkpoints of a task model put a prefix before the body (`bert.`, `roberta.`): it is
+stripped when present. Pretraining heads and RoBERTa's pooler are known and unused. The classification head
+(`classifier`) may be absent (a pretrained body fine-tuned with a fresh head, as
+AutoModelForSequenceClassification does); it is then initialised as HF does: normal(0, initializer_range)
+weights, zero biases, from the global RNG.
 """
-import json
-import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
-
 import torch
 
 from .encoder import Encoder, EncoderConfig
-from .checkpoint import checkpoint_sources
+from .families import Family
 
-# Our name -> checkpoint name (after the family prefix is removed); "{}" is the layer index.
-BODY_KEYS = {
-    "embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
-    "embeddings.position_embeddings.weight": "embeddings.position_embeddings.weight",
-    "embeddings.token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
-    "embeddings.LayerNorm.weight": "embeddings.LayerNorm.weight",
-    "embeddings.LayerNorm.bias": "embeddings.LayerNorm.bias",
-    **{f"encoder.layer.{{}}.{m}.{p}": f"encoder.layer.{{}}.{m}.{p}"
-       for m in ("attention.self.query", "attention.self.key", "attention.self.value",
-                 "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense",
-                 "output.dense", "output.LayerNorm")
-       for p in ("weight", "bias")},
-}
-BERT_KEYS = {
-    **BODY_KEYS,
-    "pooler.dense.weight": "pooler.dense.weight",
-    "pooler.dense.bias": "pooler.dense.bias",
-    "classifier.weight": "classifier.weight",
-    "classifier.bias": "classifier.bias",
-}
-ROBERTA_KEYS = {
-    **BODY_KEYS,
-    "classifier.hidden_proj.weight": "classifier.dense.weight",  # renamed: see models/encoder.py
-    "classifier.hidden_proj.bias": "classifier.dense.bias",
-    "classifier.out_proj.weight": "classifier.out_proj.weight",
-    "classifier.out_proj.bias": "classifier.out_proj.bias",
-}
-HEAD_PREFIX = "classifier."
+_BODY = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+         "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias",
+         *(f"encoder.layer.{{}}.{m}.{p}" for m in ("attention.self.query", "attention.self.key",
+                                                   "attention.self.value", "attention.output.dense",
+                                                   "attention.output.LayerNorm", "intermediate.dense",
+                                                   "output.dense", "output.LayerNorm")
+           for p in ("weight", "bias"))]
+# Checkpoint key -> our parameter name: our modules mirror the checkpoint's names. Early BERT checkpoints
+# call the LayerNorm parameters gamma and beta.
+BODY_KEYS = {**{k: k for k in _BODY},
+             **{k.replace("LayerNorm.weight", "LayerNorm.gamma"): k for k in _BODY if k.endswith("LayerNorm.weight")},
+             **{k.replace("LayerNorm.bias", "LayerNorm.beta"): k for k in _BODY if k.endswith("LayerNorm.bias")}}
+BERT_KEYS = {**BODY_KEYS, **{k: k for k in ("pooler.dense.weight", "pooler.dense.bias", "classifier.weight",
+                                            "classifier.bias")}}
+ROBERTA_KEYS = {**BODY_KEYS, **{k: k for k in ("classifier.dense.weight", "classifier.dense.bias",
+                                               "classifier.out_proj.weight", "classifier.out_proj.bias")}}
 
 
 def _common(c: dict, path) -> dict:
@@ -66,123 +45,36 @@ def _common(c: dict, path) -> dict:
         raise ValueError(f"{path}: missing field {e.args[0]!r}") from None
 
 
-def bert_config(c: dict, path) -> dict:
-    return dict(_common(c, path), position_offset=None, pooler=True, classifier="pooler_linear")
+def bert_config(c: dict, path) -> EncoderConfig:
+    return EncoderConfig(**_common(c, path), position_offset=None, pooler=True, classifier="pooler_linear")
 
 
-def roberta_config(c: dict, path) -> dict:
+def roberta_config(c: dict, path) -> EncoderConfig:
     fields = _common(c, path)
-    return dict(fields, position_offset=fields["pad_id"], pooler=False, classifier="cls_mlp")
+    return EncoderConfig(**fields, position_offset=fields["pad_id"], pooler=False, classifier="cls_mlp")
 
 
-@dataclass(frozen=True)
-class EncoderFamily:
-    convert: Callable[[dict, Path], dict]
-    prefix: str  # what the family's task models put before the body keys
-    keys: dict[str, str]
-    unused: tuple[str, ...]  # checkpoint key prefixes (after the family prefix) that are known and not used
+@torch.no_grad()
+def init_head(model: Encoder, raw: dict, dtype, device):
+    """A fresh classification head, as HF initialises it: normal(0, initializer_range), zero bias."""
+    std = raw.get("initializer_range", 0.02)
+    for name, p in list(model.classifier.named_parameters()):
+        value = torch.empty(p.shape, device=device, dtype=torch.float32)
+        value.normal_(0.0, std) if name.endswith("weight") else value.zero_()
+        module_name, _, leaf = name.rpartition(".")
+        owner = model.classifier.get_submodule(module_name) if module_name else model.classifier
+        setattr(owner, leaf, torch.nn.Parameter(value.to(dtype)))
 
 
-FAMILIES = {
-    "bert": EncoderFamily(bert_config, "bert.", BERT_KEYS, ("cls.", "embeddings.position_ids")),
-    "roberta": EncoderFamily(roberta_config, "roberta.", ROBERTA_KEYS,
-                             ("lm_head.", "pooler.", "embeddings.position_ids")),
-}
+def _encoder_family(name, architecture, convert, keys, ignored, head_size_key):
+    return Family(name=name, architectures=(architecture,), to_config=convert, from_config=None, build=Encoder,
+                  keys=keys, key_prefix=f"{name}.", ignored_prefixes=ignored, head="classifier",
+                  head_size_key=head_size_key, init_head=init_head)
 
 
-def read_config_json(path) -> tuple[dict, EncoderFamily, Path]:
-    file = Path(path) / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no config.json in the checkpoint folder {path}")
-    c = json.loads(file.read_text())
-    family = FAMILIES.get(c.get("model_type"))
-    if family is None:
-        raise ValueError(f"{file}: model_type {c.get('model_type')!r} is not an encoder family we support "
-                         f"({sorted(FAMILIES)})")
-    return c, family, file
-
-
-def load_encoder_config(path, num_labels: int = 0) -> EncoderConfig:
-    """EncoderConfig from `path`/config.json alone (build the Encoder on the meta device for dry runs)."""
-    c, family, file = read_config_json(path)
-    return EncoderConfig(**family.convert(c, file), num_labels=num_labels)
-
-
-def _normalise(key: str, family: EncoderFamily) -> str:
-    """Strip the task-model prefix and rename the old LayerNorm gamma/beta (early BERT checkpoints)."""
-    key = key.removeprefix(family.prefix)
-    return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
-
-
-def checkpoint_key(name: str, keys: dict[str, str]) -> str:
-    """Our parameter name -> the checkpoint's, through the family table; raises naming the key."""
-    layer = re.search(r"\.layer\.(\d+)\.", name)
-    template = name if layer is None else name.replace(f".layer.{layer[1]}.", ".layer.{}.", 1)
-    if template not in keys:
-        raise KeyError(f"parameter {name!r} has no entry in the family key table")
-    return keys[template].replace("{}", layer[1]) if layer else keys[template]
-
-
-def load_encoder(path, num_labels: int | None = None, dtype=torch.float32, device="cpu") -> Encoder:
-    """A publisher checkpoint folder -> Encoder in `dtype` on `device`.
-
-    num_labels None: the checkpoint's own head if it has one, else a bare encoder. An int: that head size;
-    the checkpoint's head is used when it has one of that size, a fresh head when it has none.
-    """
-    path = Path(path)
-    c, family, config_file = read_config_json(path)
-    sources = checkpoint_sources(path)  # {key: (file, shape, reader)} over single files, shards or .bin
-    ckpt = {}
-    for key, src in sources.items():
-        name = _normalise(key, family)
-        if name.startswith(family.unused):
-            continue
-        if name in ckpt:
-            raise ValueError(f"{src.file}: key {key!r} appears twice (with and without {family.prefix!r})")
-        ckpt[name] = key
-
-    head_keys = [k for k in ckpt if k.startswith(HEAD_PREFIX)]
-    out_key = "classifier.out_proj.weight" if family is FAMILIES["roberta"] else "classifier.weight"
-    ckpt_labels = sources[ckpt[out_key]].shape[0] if out_key in ckpt else 0
-    weights_file = sources[next(iter(ckpt.values()))].file if ckpt else path
-    if num_labels is None:
-        num_labels = ckpt_labels
-    elif ckpt_labels and ckpt_labels != num_labels:
-        raise ValueError(f"{weights_file}: the checkpoint's head has {ckpt_labels} labels ({ckpt[out_key]!r}), "
-                         f"{num_labels} were asked for")
-    fresh_head = num_labels > 0 and not ckpt_labels
-    if not num_labels and head_keys:
-        raise ValueError(f"{weights_file}: head tensors without {out_key!r}: {head_keys}")
-
-    cfg = EncoderConfig(**family.convert(c, config_file), num_labels=num_labels)
-    with torch.device("meta"):
-        model = Encoder(cfg)
-    state, used = {}, set()
-    for name, param in model.state_dict().items():
-        if fresh_head and name.startswith(HEAD_PREFIX):
-            continue
-        ours = checkpoint_key(name, family.keys)
-        if ours not in ckpt:
-            raise KeyError(f"{weights_file}: missing tensor {family.prefix}{ours!r} (or {ours!r}) for {name!r}")
-        src = sources[ckpt[ours]]
-        if tuple(src.shape) != tuple(param.shape):
-            raise ValueError(f"{src.file}: tensor {ckpt[ours]!r} has shape {list(src.shape)}, "
-                             f"{name!r} needs {list(param.shape)} (from {config_file})")
-        state[name] = src.read().to(device=device, dtype=dtype)
-        used.add(ours)
-    unexpected = sorted(ckpt[k] for k in set(ckpt) - used)
-    if unexpected:
-        raise ValueError(f"{weights_file}: unexpected tensors {unexpected}")
-    if fresh_head:
-        with torch.device(device):
-            head = type(model.classifier)(cfg) if cfg.classifier == "cls_mlp" else torch.nn.Linear(cfg.dim, num_labels)
-        std = c.get("initializer_range", 0.02)
-        with torch.no_grad():
-            for pname, p in head.named_parameters():
-                if pname.endswith("weight"):
-                    p.normal_(0.0, std)
-                else:
-                    p.zero_()
-                state[f"classifier.{pname}"] = p.detach().to(dtype)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
+ENCODER_FAMILIES = {f.name: f for f in (
+    _encoder_family("bert", "BertForSequenceClassification", bert_config, BERT_KEYS,
+                    ("cls.", "embeddings.position_ids"), "classifier.weight"),
+    _encoder_family("roberta", "RobertaForSequenceClassification", roberta_config, ROBERTA_KEYS,
+                    ("lm_head.", "pooler.", "embeddings.position_ids"), "classifier.out_proj.weight"),
+)}

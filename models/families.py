@@ -1,18 +1,23 @@
 """Per-family facts: how a publisher's config.json becomes a model config, and its checkpoint key table.
 
-A family is one `Family` entry in FAMILIES, found by config.json's `model_type` (or, without one, its
-`architectures`). The loader (models/checkpoint.py) knows nothing of any family beyond this entry:
+A family is one `Family` entry, found by config.json's `model_type` (or, without one, its `architectures`);
+models/checkpoint.py holds the union of every kind's families and knows nothing of any beyond its entry:
 
-    to_config(raw, file) -> model config       config.json dict -> DecoderConfig (errors name `file` and field)
+    to_config(raw, file) -> model config       config.json dict -> config dataclass (errors name `file` and field)
     from_config(cfg)     -> dict                the inverse, for writing config.json (random_checkpoint.py)
     build(cfg)           -> nn.Module           the model class
     keys                                        checkpoint key template -> our parameter name template, where
-                                                `{}` stands for a layer index; a tuple of names is a fused
-                                                tensor split along dim 0 into those parameters, in order,
-                                                by their sizes (Phi-3's qkv_proj and gate_up_proj);
-                                                None marks a tensor known and deliberately unused
+                                                `{}` stands for a layer index; None marks a tensor known and
+                                                deliberately unused. Names mirror the checkpoint's modules
+                                                (Phi-3 keeps its fused qkv_proj and gate_up_proj)
+    key_prefix, ignored_prefixes                a prefix task models put before every key ("bert."), stripped
+                                                when present; key prefixes known and unused (pretraining heads)
+    head, head_size_key, init_head              a task head that may be absent from the checkpoint: its module
+                                                name, the key whose dim 0 is its label count, and how a fresh
+                                                one is initialised, init_head(model, raw, dtype, device)
 
-Decoder families share one converter; their differences are the data in `DecoderFacts`.
+Decoder families share one converter; their differences are the data in `DecoderFacts`. Encoder families
+are in models/encoder_families.py.
 """
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,9 +30,14 @@ class Family:
     name: str
     architectures: tuple
     to_config: Callable
-    from_config: Callable
+    from_config: Callable | None
     build: Callable
     keys: dict
+    key_prefix: str = ""
+    ignored_prefixes: tuple = ()
+    head: str | None = None
+    head_size_key: str | None = None
+    init_head: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class DecoderFacts:
     sliding_window: str = "none"  # "none"; "config": `sliding_window` as given; "qwen2": use_sliding_window etc.
     qk_norm: bool = False
     post_norm: bool = False
+    fused_projections: bool = False  # one qkv_proj and one gate_up_proj matrix (Phi-3)
     extra_fields: dict = field(default_factory=dict)  # written by from_config, e.g. Phi-3's dropout fields
 
 
@@ -121,6 +132,7 @@ def decoder_config(raw: dict, file, facts: DecoderFacts) -> DecoderConfig:
         norm_scale_in_fp32=facts.post_norm,
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
         sliding_window=window,
+        fused_projections=facts.fused_projections,
     )
 
 
@@ -177,12 +189,11 @@ OLMO2_KEYS = {
     _LAYER + "post_feedforward_layernorm.weight": "layers.{}.post_feedforward_layernorm.weight",
 }
 
-PHI3_KEYS = {
+PHI3_KEYS = {  # fused [q; k; v] and [gate; up] kept as one matrix each, as the checkpoint and the paper have them
     **{k: v for k, v in LLAMA_KEYS.items() if not any(p in k for p in ("q_proj", "k_proj", "v_proj", "gate_proj",
                                                                           "up_proj", "bias"))},
-    _LAYER + "self_attn.qkv_proj.weight": tuple(f"layers.{{}}.self_attn.{p}.weight" for p in ("q_proj", "k_proj",
-                                                                                               "v_proj")),
-    _LAYER + "mlp.gate_up_proj.weight": ("layers.{}.mlp.gate_proj.weight", "layers.{}.mlp.up_proj.weight"),
+    _LAYER + "self_attn.qkv_proj.weight": "layers.{}.self_attn.qkv_proj.weight",
+    _LAYER + "mlp.gate_up_proj.weight": "layers.{}.mlp.gate_up_proj.weight",
 }
 
 
@@ -197,27 +208,12 @@ def _decoder_family(name, architecture, keys, facts):
     )
 
 
-FAMILIES = {f.name: f for f in (
+DECODER_FAMILIES = {f.name: f for f in (
     _decoder_family("llama", "LlamaForCausalLM", LLAMA_KEYS, DecoderFacts()),
     _decoder_family("mistral", "MistralForCausalLM", LLAMA_KEYS, DecoderFacts(bias="none", sliding_window="config")),
     _decoder_family("qwen2", "Qwen2ForCausalLM", LLAMA_KEYS, DecoderFacts(bias="qkv", sliding_window="qwen2")),
     _decoder_family("phi3", "Phi3ForCausalLM", PHI3_KEYS, DecoderFacts(
-        bias="none", sliding_window="config",
+        bias="none", sliding_window="config", fused_projections=True,
         extra_fields={"attention_dropout": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0})),
     _decoder_family("olmo2", "Olmo2ForCausalLM", OLMO2_KEYS, DecoderFacts(qk_norm=True, post_norm=True)),
 )}
-
-
-def family_of(raw: dict, file) -> Family:
-    """The Family that config.json `raw` (read from `file`) names, by model_type, else by architectures."""
-    model_type = raw.get("model_type")
-    if model_type in FAMILIES:
-        return FAMILIES[model_type]
-    if model_type is None:
-        for arch in raw.get("architectures") or []:
-            for fam in FAMILIES.values():
-                if arch in fam.architectures:
-                    return fam
-    raise ValueError(f"{file}: unsupported model family (model_type={model_type!r}, "
-                     f"architectures={raw.get('architectures')!r}); supported model_type values: "
-                     f"{', '.join(sorted(FAMILIES))}")

@@ -54,3 +54,16 @@ def linear_cross_entropy(hidden, weight, targets, chunk: int = 4096):
     hidden (N, D), weight (V, D), targets (N,) long. `chunk` rows are processed at a time.
     """
     return _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+
+
+def chunked_cross_entropy(hidden, lm_head, labels, chunk: int):
+    """Sum of next-token losses over the labelled positions, and their count, without ever holding the
+    whole (B, T, V) fp32 logits: linear_cross_entropy takes `chunk` sequence positions of every row at a time
+    and computes the gradient w.r.t. the hidden states as it goes (no recomputation in the backward).
+    hidden (B, T, D); labels (B, T) aligned with the inputs (HF convention), IGNORE where no loss."""
+    B, T, _ = hidden.shape
+    # hidden[t] predicts token t+1; the last position predicts nothing (IGNORE), which keeps hidden a view
+    targets = torch.cat([labels[:, 1:], labels.new_full((B, 1), IGNORE)], dim=1)  # (B, T)
+    total = linear_cross_entropy(hidden.flatten(0, 1), lm_head.weight, targets.flatten(), chunk=chunk * B)
+    return total, (targets != IGNORE).sum()
+

@@ -16,7 +16,7 @@ import torch
 
 from .checkpoint import export_state, load_config
 from .decoder import DecoderConfig
-from .families import FAMILIES
+from .families import DECODER_FAMILIES as FAMILIES
 from data.safetensors_io import atomic_file, save_safetensors
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")  # ids 256, 257, 258
@@ -28,7 +28,7 @@ FAMILY_DEFAULTS = {  # what makes the tiny model of each family exercise that fa
     "llama": {},
     "mistral": dict(sliding_window=8),
     "qwen2": dict(qkv_bias=True, tie_embeddings=True),
-    "phi3": dict(sliding_window=8),
+    "phi3": dict(sliding_window=8, fused_projections=True),
     "olmo2": dict(qk_norm=True, post_norm=True, norm_scale_in_fp32=True),
 }
 
