@@ -51,3 +51,9 @@ def lm_loss(model, ids):
 def toy_batches(k, batch=3, seq=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, VOCAB, (batch, seq), generator=g) for _ in range(k)]
+
+
+def adapt(model, cfg, grads=None):
+    """The method's bases (from `grads` for GiVA) and its adapters on `model`, as train.py's steps 4-5."""
+    from giva import apply_adapters, compute_bases
+    return apply_adapters(model, cfg, compute_bases(model, cfg, grads))

@@ -7,7 +7,7 @@ import torch
 
 from models import Decoder, load_config
 from models.checkpoint import inverse_key
-from models.families import FAMILIES
+from models.checkpoint import FAMILIES
 
 
 def _write(tmp_path, raw):
@@ -27,7 +27,7 @@ def test_real_qwen2_config_builds_hf_shapes(shared_data, tmp_path):
         ours = Decoder(cfg)
         hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config.from_pretrained(tmp_path))
     table = FAMILIES["qwen2"].keys
-    ours_shapes = {inverse_key(n, table)[0]: tuple(p.shape) for n, p in ours.named_parameters()}
+    ours_shapes = {inverse_key(n, table): tuple(p.shape) for n, p in ours.named_parameters()}
     hf_shapes = {n: tuple(p.shape) for n, p in hf.named_parameters()}  # tied lm_head listed once, as ours
     assert ours_shapes == hf_shapes
 

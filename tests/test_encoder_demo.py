@@ -2,12 +2,12 @@
 import torch
 
 from bench.encoder_finetune import finetune
-from data.classification import ClassificationTask, pair_encoder
+from data.classification import ClassificationTask
 from data.demo_data import demo_splits
 from data.wordpiece_tokenizer import WordPieceTokenizer
 from encoder_helpers import REPO, minilm_dir  # noqa: F401 (fixture)
 from giva import AdapterConfig
-from models.encoder_families import load_encoder
+from models import load_model
 import eval as eval_py
 import train
 
@@ -30,8 +30,8 @@ def test_shortened_demo_runs_end_to_end(minilm_dir, tmp_path):
 def test_only_adapter_vectors_and_head_change(minilm_dir):
     tok = WordPieceTokenizer.from_dir(minilm_dir)
     train, val = demo_splits(32, 16, seed=1)
-    task = ClassificationTask(train, val, pair_encoder(tok, "bert"), tok.pad_id, 2, "accuracy")
-    model = load_encoder(minilm_dir, num_labels=2)
+    task = ClassificationTask(train, val, tok, 2, "accuracy")
+    model = load_model(minilm_dir, num_labels=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # two targets keep the probe's SVDs (the slow part on a CPU) few; the demo test covers all four
     finetune(model, task, AdapterConfig(method="giva", r=8, targets=["query", "value"]),

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from encoder_helpers import minilm_dir  # noqa: F401 (fixture)
+import dataclasses
+
+from models import load_config, load_model
+from models.checkpoint import FAMILIES, inverse_key
 from models.encoder import Encoder, EncoderConfig
-from models.encoder_families import FAMILIES, checkpoint_key, load_encoder, load_encoder_config
 from data.safetensors_io import load_safetensors, save_safetensors
 
 CONFIG_JSON = dict(model_type="bert", vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -17,11 +20,11 @@ def _write(path, num_labels=2, model_type="bert", prefix="bert."):
     """A random checkpoint in the publisher layout, written through our own key table (its inverse)."""
     conf = dict(CONFIG_JSON, model_type=model_type)
     (path / "config.json").write_text(json.dumps(conf))
-    cfg = load_encoder_config(path, num_labels=num_labels)
+    cfg = dataclasses.replace(load_config(path), num_labels=num_labels)
     model = Encoder(cfg)
     tensors = {}
     for name, t in model.state_dict().items():
-        key = checkpoint_key(name, FAMILIES[model_type].keys)
+        key = inverse_key(name, FAMILIES[model_type].keys)
         tensors[key if key.startswith("classifier.") else prefix + key] = t
     save_safetensors(path / "model.safetensors", tensors)
     return model
@@ -36,7 +39,7 @@ def _edit(path, fn):
 @pytest.mark.parametrize("model_type,prefix", [("bert", "bert."), ("roberta", "roberta."), ("bert", "")])
 def test_round_trip_through_the_key_table(tmp_path, model_type, prefix):
     model = _write(tmp_path, model_type=model_type, prefix=prefix)
-    loaded = load_encoder(tmp_path)
+    loaded = load_model(tmp_path)
     assert loaded.cfg.num_labels == 2
     for name, t in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t), name
@@ -45,45 +48,45 @@ def test_round_trip_through_the_key_table(tmp_path, model_type, prefix):
 def test_missing_tensor_names_the_key(tmp_path):
     _write(tmp_path)
     _edit(tmp_path, lambda t: t.pop("bert.encoder.layer.1.attention.self.key.bias"))
-    with pytest.raises(KeyError, match=r"model.safetensors.*encoder\.layer\.1\.attention\.self\.key\.bias"):
-        load_encoder(tmp_path)
+    with pytest.raises(ValueError, match=r"missing tensor 'bert\.encoder\.layer\.1\.attention\.self\.key\.bias'"):
+        load_model(tmp_path)
 
 
 def test_unexpected_tensor_names_the_key(tmp_path):
     _write(tmp_path)
     _edit(tmp_path, lambda t: t.update({"bert.encoder.layer.0.extra.weight": torch.zeros(2)}))
-    with pytest.raises(ValueError, match=r"unexpected tensors \['bert.encoder.layer.0.extra.weight'\]"):
-        load_encoder(tmp_path)
+    with pytest.raises(ValueError, match=r"model.safetensors: unexpected tensor 'bert.encoder.layer.0.extra.weight'"):
+        load_model(tmp_path)
 
 
 def test_misshaped_tensor_names_key_and_shapes(tmp_path):
     _write(tmp_path)
     _edit(tmp_path, lambda t: t.update({"bert.encoder.layer.0.intermediate.dense.weight": torch.zeros(31, 16)}))
-    with pytest.raises(ValueError, match=r"intermediate\.dense\.weight.*\[31, 16\].*\[32, 16\]"):
-        load_encoder(tmp_path)
+    with pytest.raises(ValueError, match=r"intermediate\.dense\.weight.*\(31, 16\).*\(32, 16\)"):
+        load_model(tmp_path)
 
 
 def test_head_size_mismatch_and_known_unused_keys(tmp_path):
     _write(tmp_path, num_labels=3)
     with pytest.raises(ValueError, match="3 labels.*2 were asked"):
-        load_encoder(tmp_path, num_labels=2)
+        load_model(tmp_path, num_labels=2)
     # pretraining heads (BERT's cls.*) are known and ignored; the fine-tuning head is kept
     _edit(tmp_path, lambda t: t.update({"cls.predictions.bias": torch.zeros(50)}))
-    assert load_encoder(tmp_path).cfg.num_labels == 3
+    assert load_model(tmp_path).cfg.num_labels == 3
 
 
 def test_unsupported_family_and_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        load_encoder(tmp_path)
+        load_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(dict(CONFIG_JSON, model_type="electra")))
-    with pytest.raises(ValueError, match="model_type 'electra'"):
-        load_encoder(tmp_path)
+    with pytest.raises(ValueError, match="unsupported model family \\(model_type='electra'"):
+        load_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(CONFIG_JSON))
     with pytest.raises(FileNotFoundError, match="no weights found"):
-        load_encoder(tmp_path)
+        load_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(dict(CONFIG_JSON, position_embedding_type="relative_key")))
     with pytest.raises(ValueError, match="position_embedding_type 'relative_key'"):
-        load_encoder_config(tmp_path)
+        load_config(tmp_path)
 
 
 def test_meta_device_build_counts_parameters():
@@ -104,7 +107,7 @@ def test_minilm_golden_values(minilm_dir):
     ids, types = tok.encode_pair("GiVA scales two vectors.", "The bases come from a gradient.")
     assert ids == [101, 21025, 3567, 9539, 2048, 19019, 1012, 102, 1996, 7888, 2272, 2013, 1037, 17978, 1012, 102]
     assert types == [0] * 8 + [1] * 8
-    model = load_encoder(minilm_dir).eval()
+    model = load_model(minilm_dir).eval()
     with torch.no_grad():
         h = model.forward_hidden(torch.tensor([ids]), token_type_ids=torch.tensor([types]))[0]  # (T, D)
         pooled = model.pooler(h[None])[0]

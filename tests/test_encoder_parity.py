@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from encoder_helpers import minilm_dir  # noqa: F401 (fixture)
-from models.encoder_families import load_encoder
+from models import load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,7 +36,7 @@ def test_tiny_random_matches_transformers(tmp_path, family, num_labels):
         cls = transformers.RobertaForSequenceClassification if num_labels else transformers.RobertaModel
     hf = cls(cfg).eval()
     hf.save_pretrained(tmp_path)  # the publisher layout: config.json + model.safetensors
-    ours = load_encoder(tmp_path).eval()
+    ours = load_model(tmp_path).eval()
     assert ours.cfg.num_labels == num_labels
 
     ids, mask, types = _batch(cfg.vocab_size, cfg.pad_token_id, pair=family == "bert")
@@ -54,7 +54,7 @@ def test_tiny_random_matches_transformers(tmp_path, family, num_labels):
 
 
 def test_minilm_matches_transformers(minilm_dir):
-    ours = load_encoder(minilm_dir).eval()
+    ours = load_model(minilm_dir).eval()
     hf = transformers.BertModel.from_pretrained(str(minilm_dir)).eval()
     ids, mask, types = _batch(30522, 0, pair=True)
     with torch.no_grad():
@@ -67,8 +67,8 @@ def test_minilm_matches_transformers(minilm_dir):
 
 def test_fresh_head_on_pretrained_body(minilm_dir):
     """A head the checkpoint lacks is initialised fresh; the body is still the checkpoint's, bit for bit."""
-    bare = load_encoder(minilm_dir).eval()
-    clf = load_encoder(minilm_dir, num_labels=2).eval()
+    bare = load_model(minilm_dir).eval()
+    clf = load_model(minilm_dir, num_labels=2).eval()
     assert clf.classifier.weight.shape == (2, 384) and torch.all(clf.classifier.bias == 0)
     assert 0.01 < clf.classifier.weight.std().item() < 0.03  # normal(0, initializer_range = 0.02)
     ids = torch.randint(1000, 5000, (2, 7))
@@ -89,5 +89,5 @@ def test_sharded_and_bin_checkpoints_load(tmp_path, layout):
         torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
     ids, mask, types = _batch(cfg.vocab_size, 1, pair=False)
     with torch.no_grad():
-        torch.testing.assert_close(load_encoder(tmp_path).eval()(ids, mask, types),
+        torch.testing.assert_close(load_model(tmp_path).eval()(ids, mask, types),
                                    hf(input_ids=ids, attention_mask=mask.long()).logits, atol=1e-4, rtol=0)

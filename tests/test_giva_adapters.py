@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from giva import AdapterConfig, adapted_layers, apply_adapters, estimate_gradients, merge_adapters, unmerge_adapters
-from giva.bases import giva_bases
+from giva import (AdapterConfig, adapted_layers, apply_adapters, compute_bases, estimate_gradients, merge_adapters,
+                  unmerge_adapters)
+from giva.giva_linear import giva_bases
 from giva.lora import LoraLinear
 from giva.randlora import RandLoraLinear, randlora_shared_bases
 from giva.vera import VeraLinear, vera_shared_bases
-from giva_toy import ToyLM, lm_loss, toy_batches
+from giva_toy import ToyLM, adapt, lm_loss, toy_batches
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 METHODS = ["giva", "vera", "osora", "randlora", "lora"]
@@ -23,7 +24,7 @@ def adapted_toy(method, **kw):
     pristine = copy.deepcopy(model)
     cfg = AdapterConfig(method=method, r=4, targets=TARGETS, alpha=8.0, **kw)
     grads = estimate_gradients(model, toy_batches(1), lm_loss, TARGETS) if method == "giva" else None
-    apply_adapters(model, cfg, grads=grads)
+    apply_adapters(model, cfg, compute_bases(model, cfg, grads))
     return pristine, model
 
 
@@ -69,12 +70,17 @@ def test_t5_merge_two_ways(method):
     for n, layer in layers.items():
         assert layer.merged
         torch.testing.assert_close(layer.weight, before[n] + deltas[n], rtol=0, atol=0)
-    torch.testing.assert_close(model(ids), unmerged_out, rtol=1e-4, atol=1e-5)
+    # Merged and unmerged logits agree up to fp32 rounding: each layer's W x + dW x vs (W + dW) x differs by
+    # about n * eps * |x| (|W| + |dW|) per entry (n <= 40 here), carried through two blocks; 1e-4 of the
+    # logits' scale holds that with a margin on every machine, and a wrong merge is off by O(1).
+    scale = unmerged_out.abs().max().item()
+    torch.testing.assert_close(model(ids), unmerged_out, rtol=0, atol=1e-4 * scale)
     unmerge_adapters(model)
     unmerge_adapters(model)
-    for n, layer in layers.items():
-        torch.testing.assert_close(layer.weight, before[n], rtol=0, atol=1e-6)
-    torch.testing.assert_close(model(ids), unmerged_out, rtol=1e-4, atol=1e-5)
+    for n, layer in layers.items():  # W + dW - dW in fp32: one rounding of |W| + |dW| per entry
+        tol = 2 * torch.finfo(torch.float32).eps * (before[n].abs() + deltas[n].abs()).max().item()
+        torch.testing.assert_close(layer.weight, before[n], rtol=0, atol=tol)
+    torch.testing.assert_close(model(ids), unmerged_out, rtol=0, atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -95,7 +101,7 @@ def test_dropout_only_on_the_branch(method):
 def test_bf16_base_keeps_fp32_adapter_math():
     lin = nn.Linear(16, 12).to(torch.bfloat16)
     shared = vera_shared_bases(8, 12, 16, seed=0, device="cpu")
-    layer = VeraLinear(lin, shared, d_initial=0.1)
+    layer = VeraLinear(lin, AdapterConfig(method="vera", r=8, targets=["x"], d_initial=0.1), "x", shared)
     with torch.no_grad():
         layer.vera_lambda_b.normal_()
     x = torch.randn(5, 16).to(torch.bfloat16)
@@ -114,7 +120,7 @@ def test_t7_vera_bases_seeded_and_sliced():
     assert torch.equal(A0.vera_A, A1.vera_A) and torch.equal(A0.vera_B, A1.vera_B)
     assert not torch.equal(A0.vera_A, A2.vera_A)
     assert A0.vera_A.abs().max() <= (6 / 24) ** 0.5 and A0.vera_B.abs().max() <= (6 / 8) ** 0.5
-    _, model = adapted_toy("vera", seed=5)
+    _, model = adapted_toy("vera", vera_seed=5)
     randomize_trainables(model)
     layers = list(adapted_layers(model).values())
     assert all(l.shared is layers[0].shared for l in layers)
@@ -134,7 +140,8 @@ def test_t7_randlora_bases_seeded_pairing_and_full_rank():
     assert s0.randlora_A.shape == (3, 1, 24) and s0.randlora_B.shape == (40, 8, 3)  # N_max = ceil(24 / 3)
     for m, n in [(20, 10), (10, 20)]:  # n <= m, and n > m (transposed)
         lin = nn.Linear(n, m)
-        layer = RandLoraLinear(lin, s0, alpha=2.0, sqrt_n=True)
+        layer = RandLoraLinear(lin, AdapterConfig(method="randlora", r=3, targets=["x"], alpha=2.0,
+                                                  randlora_sqrt_n=True), "x", s0)
         with torch.no_grad():
             layer.randlora_lambda.normal_()
             layer.randlora_gamma.normal_()
@@ -150,7 +157,7 @@ def test_t7_randlora_bases_seeded_pairing_and_full_rank():
         torch.testing.assert_close(layer.delta_weight(), dW, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(layer.branch(torch.eye(n)), dW.T, rtol=1e-5, atol=1e-6)
         assert torch.linalg.matrix_rank(layer.delta_weight()) == min(m, n)
-        lora = LoraLinear(nn.Linear(n, m), r=3, alpha=1.0)
+        lora = LoraLinear(nn.Linear(n, m), AdapterConfig(method="lora", r=3, targets=["x"], alpha=1.0), "x")
         with torch.no_grad():
             lora.lora_B.normal_()
         assert torch.linalg.matrix_rank(lora.delta_weight()) <= 3
@@ -185,19 +192,19 @@ def test_giva_rank_caps_and_b_strategies():
     assert ranks == {"q_proj": 4, "k_proj": 4, "v_proj": 4, "o_proj": 4, "up_proj": 4, "down_proj": 4}
     model = ToyLM()
     grads = estimate_gradients(model, toy_batches(1), lm_loss, ["k_proj"])
-    apply_adapters(model, AdapterConfig(method="giva", r=64, targets=["k_proj"], init="secsv"), grads=grads)
+    adapt(model, AdapterConfig(method="giva", r=64, targets=["k_proj"], init="secsv"), grads)
     assert model.layers[0].self_attn.k_proj.giva_A.shape == (4, 24)  # min(64, min(8, 24) // 2)
     model = ToyLM()
     grads = estimate_gradients(model, toy_batches(1), lm_loss, ["k_proj"])
-    apply_adapters(model, AdapterConfig(method="giva", r=64, targets=["k_proj"], init="topsv"), grads=grads)
+    adapt(model, AdapterConfig(method="giva", r=64, targets=["k_proj"], init="topsv"), grads)
     assert model.layers[0].self_attn.k_proj.giva_A.shape == (8, 24)  # min(64, 8, 24)
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("method", "dora", "AdapterConfig.method='dora': must be one of giva, vera"),
-    ("r", 0, "AdapterConfig.r=0"), ("init", "VrU2r", "AdapterConfig.init='VrU2r': must be one of topsv"),
-    ("dropout", 1.0, "AdapterConfig.dropout"), ("targets", "q_proj", "AdapterConfig.targets"),
-    ("svd_q", 0, "AdapterConfig.svd_q")])
+    ("method", "dora", "adapter.method='dora': must be one of giva, vera"),
+    ("r", 0, "adapter.r=0"), ("init", "VrU2r", "adapter.init='VrU2r': must be one of topsv"),
+    ("dropout", 1.0, "adapter.dropout"), ("targets", "q_proj", "adapter.targets"),
+    ("svd_q", 0, "adapter.svd_q"), ("targets", [], "method 'giva' needs at least one target")])
 def test_config_errors_name_the_field(field, value, message):
     kw = dict(method="giva", r=4, targets=["q_proj"])
     kw[field] = value
@@ -206,7 +213,7 @@ def test_config_errors_name_the_field(field, value, message):
 
 
 def test_config_needs_alpha_for_lora_and_round_trips():
-    with pytest.raises(ValueError, match="AdapterConfig.alpha"):
+    with pytest.raises(ValueError, match="adapter.alpha"):
         AdapterConfig(method="lora", r=4, targets=["q_proj"])
     cfg = AdapterConfig(method="randlora", r=4, targets=["q_proj"], alpha=2.0, randlora_sqrt_n=True)
     assert AdapterConfig.from_dict(cfg.to_dict()) == cfg
@@ -220,8 +227,8 @@ def test_osora_on_a_bf16_base_is_w0_up_to_rounding():
     W0 = lin.weight.detach().clone()
     x = torch.randn(6, 32).to(torch.bfloat16)
     y0 = lin(x)
-    layer = OsoraLinear(lin, r=8)
-    layer.init_from_weight()
+    cfg = AdapterConfig(method="osora", r=8, targets=["x"])
+    layer = OsoraLinear(lin, cfg, "x", bases=OsoraLinear.layer_bases(lin, cfg, "x", None))
     assert layer.weight.dtype == torch.bfloat16 and layer.osora_S.dtype == torch.float32
     torch.testing.assert_close(layer.osora_S, torch.linalg.svdvals(W0.float())[:8])
     W_eff = layer.weight.float() + layer.delta_weight()

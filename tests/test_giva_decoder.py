@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from giva import (AdapterConfig, adapter_parameters, apply_adapters, check_optimizer, estimate_gradients,
                   load_adapter, merge_adapters, save_adapter)
+from giva_toy import adapt
 from models import load_model, write_random_checkpoint
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
@@ -30,7 +31,7 @@ def test_giva_on_decoder(tmp_path):
     for name in grads:
         torch.testing.assert_close(checkpointed[name], grads[name], rtol=1e-5, atol=1e-8)
 
-    apply_adapters(model, AdapterConfig(method="giva", r=8, targets=TARGETS, init="secsv"), grads=grads)
+    adapt(model, AdapterConfig(method="giva", r=8, targets=TARGETS, init="secsv"), grads)
     assert torch.equal(model(ids), base_logits)
     opt = torch.optim.AdamW(adapter_parameters(model), lr=1e-2)
     check_optimizer(opt, model)

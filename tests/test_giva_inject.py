@@ -5,7 +5,7 @@ import torch
 
 from giva import (AdapterConfig, adapter_parameters, apply_adapters, check_optimizer, count_parameters,
                   estimate_gradients, find_targets, parameter_table)
-from giva_toy import ToyLM, lm_loss, toy_batches
+from giva_toy import ToyLM, adapt, lm_loss, toy_batches
 
 
 def test_targets_match_by_name_suffix():
@@ -37,24 +37,26 @@ def test_freezing_keeps_base_state_dict_keys():
 
 
 def test_giva_needs_gradients_for_every_target():
-    with pytest.raises(ValueError, match="GiVA needs grads"):
+    with pytest.raises(ValueError, match="method 'giva' needs grads"):
+        adapt(ToyLM(), AdapterConfig(method="giva", r=2, targets=["q_proj"]))
+    with pytest.raises(ValueError, match="need the bases of compute_bases"):
         apply_adapters(ToyLM(), AdapterConfig(method="giva", r=2, targets=["q_proj"]))
     model = ToyLM()
     grads = estimate_gradients(model, toy_batches(1), lm_loss, ["q_proj"])
     other = ToyLM()
     with pytest.raises(ValueError, match=r"no gradient for target layer\(s\) \['layers.0.self_attn.v_proj'"):
-        apply_adapters(other, AdapterConfig(method="giva", r=2, targets=["q_proj", "v_proj"]), grads=grads)
+        adapt(other, AdapterConfig(method="giva", r=2, targets=["q_proj", "v_proj"]), grads)
     assert not hasattr(other, "adapter_config")  # checked before the model was touched
     wrong = {f"layers.{i}.self_attn.k_proj": torch.zeros(24, 24) for i in range(2)}
     with pytest.raises(ValueError, match=r"gradient for layers.0.self_attn.k_proj has shape \(24, 24\), "
                                          r"its weight \(8, 24\)"):
-        apply_adapters(other, AdapterConfig(method="giva", r=2, targets=["k_proj"]), grads=wrong)
+        adapt(other, AdapterConfig(method="giva", r=2, targets=["k_proj"]), wrong)
 
 
 def test_gradients_are_freed_as_bases_are_made():
     model = ToyLM()
     grads = estimate_gradients(model, toy_batches(1), lm_loss, ["q_proj", "up_proj"])
-    apply_adapters(model, AdapterConfig(method="giva", r=2, targets=["q_proj", "up_proj"]), grads=grads)
+    adapt(model, AdapterConfig(method="giva", r=2, targets=["q_proj", "up_proj"]), grads)
     assert grads == {}
 
 

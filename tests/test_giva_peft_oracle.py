@@ -65,7 +65,7 @@ def test_lora_matches_peft(rslora):
 
 def test_vera_matches_peft_including_its_seeded_bases():
     ours, theirs = pair("vera", peft.VeraConfig(r=6, target_modules=TARGETS, projection_prng_key=11, d_initial=0.1),
-                        AdapterConfig(method="vera", r=6, targets=TARGETS, seed=11, d_initial=0.1))
+                        AdapterConfig(method="vera", r=6, targets=TARGETS, vera_seed=11, d_initial=0.1))
     peft_layer = theirs.base_model.model.layers[0].self_attn.q_proj
     shared = ours.layers[0].self_attn.q_proj.shared
     assert torch.equal(shared.vera_A, peft_layer.vera_A["default"])

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from giva import AdapterConfig, adapted_layers, apply_adapters, estimate_gradients
-from giva.bases import giva_bases
-from giva_toy import ToyLM, lm_loss, toy_batches
+from giva.giva_linear import giva_bases
+from giva_toy import ToyLM, adapt, lm_loss, toy_batches
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
@@ -61,7 +61,7 @@ def giva_at_init():
     batch = toy_batches(1)[0]
     grads = estimate_gradients(model, [batch], lm_loss, TARGETS)
     G = {k: v.clone() for k, v in grads.items()}
-    apply_adapters(model, AdapterConfig(method="giva", r=4, targets=TARGETS, init="secsv"), grads=grads)
+    adapt(model, AdapterConfig(method="giva", r=4, targets=TARGETS, init="secsv"), grads)
     return model, batch, G
 
 
@@ -91,7 +91,10 @@ def test_t3_exact_first_sgd_step(giva_at_init):
         dW1 = layer.delta_weight()
         torch.testing.assert_close(dW1, -lr * d[:, None] * B @ A, rtol=1e-4, atol=1e-8)
         outside = dW1 @ (torch.eye(A.shape[1]) - A.T @ A)  # the part of dW1's rows outside span(V_r)
-        assert outside.abs().max() <= 1e-6 * dW1.abs().max()
+        # zero in exact arithmetic; in fp32 each entry is a length-n dot product of magnitude <= max|dW1|, so
+        # its rounding (and A's orthonormality, itself from fp32 QR) is a few n * eps relative to max|dW1|
+        n, eps = A.shape[1], torch.finfo(torch.float32).eps
+        assert outside.abs().max() <= 4 * n * eps * dW1.abs().max()
         U, S, Vh = torch.linalg.svd(g, full_matrices=False)
         r = A.shape[0]
         G_r = U[:, :r] * S[:r] @ Vh[:r]
