@@ -52,7 +52,7 @@ def micro_batches(shape, n_tokens_batch: int, micro: int, device) -> list[torch.
 # ---------------------------------------------------------------- ours
 
 def run_ours(shape, args, device, r, workdir) -> tuple[dict, dict]:
-    from data.tasks import chunked_cross_entropy
+    from models.lm_loss import chunked_cross_entropy
     from giva import AdapterConfig, apply_adapters, estimate_gradients
 
     model = C.our_random_model(shape, device, C.weights_dtype(device), workdir)

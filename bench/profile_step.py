@@ -31,7 +31,7 @@ def variant(name, shape, method, r, device, args, compile_blocks=False, show=Fal
         model, params = TS.build_ours(shape, method, r, device, Path(tmp))
     if compile_blocks:
         model.compile_blocks()
-    from data.tasks import chunked_cross_entropy
+    from models.lm_loss import chunked_cross_entropy
     ids = C.random_tokens(shape.batch, shape.seq, shape.config["vocab_size"], device)
 
     def loss_fn():

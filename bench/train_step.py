@@ -116,7 +116,7 @@ def build_ours(shape, method, r, device, workdir):
 
 
 def run_ours(shape, method, r, ac_modes, device, args) -> dict:
-    from data.tasks import chunked_cross_entropy
+    from models.lm_loss import chunked_cross_entropy
 
     with tempfile.TemporaryDirectory() as tmp:
         model, params = build_ours(shape, method, r, device, Path(tmp))

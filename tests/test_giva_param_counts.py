@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import torch
-from torch import nn
 
 from giva import AdapterConfig, apply_adapters, count_parameters
 from models import Decoder, load_config
@@ -73,28 +72,28 @@ def test_design_doc_exact_counts(tmp_path):
     assert adapted_count(meta_decoder("olmo-2-1124-7b", tmp_path), "vera", 512, QKVUD)["trainable"] == 958_464
 
 
-class FusedPhi3(nn.Module):
-    """Phi-3's fused projections as the checkpoint ships them (our Decoder splits them at load). The paper's
-    Phi-3 counts need plain adapters over the fused matrices (methods.md 9.23): this stand-in has them."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
-        self.layers = nn.ModuleList(nn.Module() for _ in range(cfg.n_layers))
-        for layer in self.layers:
-            layer.qkv_proj = nn.Linear(cfg.dim, qkv_out, bias=False)
-            layer.gate_up_proj = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)
-            layer.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+PHI3_TARGETS = ["qkv_proj", "gate_up_proj", "down_proj"]  # the paper's Phi-3 targets (methods.md 7.3, 9.23)
 
 
 @pytest.mark.parametrize("method, r, paper", [("lora", 16, "0.573"), ("vera", 1024, "0.027"),
                                               ("osora", 1024, "0.027"), ("randlora", 40, "0.598"),
                                               ("giva", 64, "0.024")])
 def test_phi3_fused_percent(method, r, paper, tmp_path):
-    base = meta_decoder("phi-3-mini-4k-instruct", tmp_path)
-    total = sum(p.numel() for p in base.parameters())
-    with torch.device("meta"):
-        fused = FusedPhi3(base.cfg)
-    assert fused.layers[0].qkv_proj.out_features == 9216 and fused.layers[0].gate_up_proj.out_features == 16384
-    trainable = adapted_count(fused, method, r, ["qkv_proj", "gate_up_proj", "down_proj"])["trainable"]
-    assert f"{100 * trainable / (total + trainable):.3f}" == paper
+    """Our Decoder keeps Phi-3's fused qkv_proj and gate_up_proj as one matrix each, as the checkpoint has
+    them: plain adapters over the fused matrices give the paper's Phi-3 budgets."""
+    model = meta_decoder("phi-3-mini-4k-instruct", tmp_path)
+    attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
+    assert attn.qkv_proj.out_features == 9216 and mlp.gate_up_proj.out_features == 16384
+    c = adapted_count(model, method, r, PHI3_TARGETS)
+    assert f"{100 * c['trainable'] / c['total']:.3f}" == paper
+
+
+def test_phi3_dry_run_through_train_py(tmp_path, capsys):
+    """`train.py --dry-run` on the real Phi-3-mini config.json with the paper's fused targets."""
+    import json
+    import train
+    shutil.copy(CONFIGS / "phi-3-mini-4k-instruct.json", tmp_path / "config.json")
+    sets = ["--set", f"model.path={tmp_path}", "--set", "adapter.targets=[qkv_proj, gate_up_proj, down_proj]"]
+    train.main([str(CONFIGS.parent.parent / "configs/olmo2_metamath.yaml"), *sets, "--dry-run"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert f"{last['trainable_percent']:.3f}" == "0.024"

