@@ -41,9 +41,8 @@ SMOKE_SETTINGS = {"greedy": (4, 1), "beam4": (2, 4)}
 def our_model_sharing(hf, shape, device, workdir: Path):
     """Our Decoder holding HF's very tensors, mapped through models/families.py's key table."""
     from models import load_config
-    from models.checkpoint import map_key
+    from models.checkpoint import family_of, map_key
     from models.decoder import Decoder
-    from models.families import family_of
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(shape.config))
@@ -52,10 +51,9 @@ def our_model_sharing(hf, shape, device, workdir: Path):
         model = Decoder(load_config(workdir))
     state = {}
     for key, tensor in hf.state_dict().items():
-        names = map_key(key, family.keys)
-        if len(names) > 1:
-            raise ValueError(f"{key}: fused checkpoint tensors cannot be shared with HF's model here")
-        state.update({name: tensor for name in names})
+        name = map_key(key, family)
+        if name is not None:
+            state[name] = tensor
     model.load_state_dict(state, strict=True, assign=True)
     if model.cfg.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

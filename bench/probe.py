@@ -5,7 +5,7 @@
     python bench/probe.py --smoke                  # tiny OLMo-2 shape on CPU: proves the script runs
 
 Ours, as train.py runs it: giva.estimate_gradients over the micro-batches (fp32 accumulation through
-post-accumulate-grad hooks, loss weighted by target tokens), then giva.apply_adapters (wrap every target and
+post-accumulate-grad hooks, loss weighted by target tokens), then giva.compute_bases + apply_adapters (wrap every target and
 take each gradient's seeded svd_lowrank, q=256, niter=4, freeing it as soon as its bases exist). HF's
 equivalent: requires_grad on the 160 target weights only, a plain backward per micro-batch (bf16 .grad
 accumulated by autograd), then torch.svd_lowrank(q=256, niter=4) of each gradient in fp32. Both sides: random
@@ -53,7 +53,7 @@ def micro_batches(shape, n_tokens_batch: int, micro: int, device) -> list[torch.
 
 def run_ours(shape, args, device, r, workdir) -> tuple[dict, dict]:
     from models.lm_loss import chunked_cross_entropy
-    from giva import AdapterConfig, apply_adapters, estimate_gradients
+    from giva import AdapterConfig, apply_adapters, compute_bases, estimate_gradients
 
     model = C.our_random_model(shape, device, C.weights_dtype(device), workdir)
     missing = C.set_our_checkpointing(model, args.ac)
@@ -75,7 +75,7 @@ def run_ours(shape, args, device, r, workdir) -> tuple[dict, dict]:
     kept = {name: grads[name].cpu() for name in
             (t.format(mid=n_layers // 2, last=n_layers - 1) for t in ACCURACY_LAYERS)}
     cfg = AdapterConfig(method="giva", r=r, targets=C.TARGETS, init="secsv", svd_q=args.q, svd_niter=args.niter)
-    _, svd_s = timed(lambda: apply_adapters(model, cfg, grads=grads), device)
+    _, svd_s = timed(lambda: apply_adapters(model, cfg, compute_bases(model, cfg, grads)), device)
     return {"probe_s": probe_s, "svd_s": svd_s, "total_s": probe_s + svd_s, "n_targets": n_targets,
             "peak_gib": C.peak_gib(device)}, kept
 
@@ -125,7 +125,8 @@ def subspace_distance(X: torch.Tensor, Y: torch.Tensor) -> tuple[float, float]:
 
 
 def accuracy(G: torch.Tensor, name: str, r: int, q: int, niter: int) -> dict:
-    from giva.bases import exact_fp32, giva_bases, layer_seed
+    from giva.giva_linear import giva_bases
+    from giva.numerics import exact_fp32, layer_seed
 
     m, n = G.shape
     with exact_fp32():

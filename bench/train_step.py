@@ -14,8 +14,9 @@ warm-up, MFU against the bf16 matmul rate measured at the start of the run (FLOP
 Every model is built once and measured without, then with, activation checkpointing; it is freed before the
 next one. A configuration that runs out of memory is recorded as such and the run goes on.
 
-Our GiVA and OSoRA bases are random orthonormal matrices (no probe, no SVD of W0: the bases' values do not
-change the step's speed; bench/probe.py times the probe). Writes bench/results/train_step.json and prints the
+Our methods are built through giva's public API; GiVA's bases come from the SVD of a random matrix instead
+of a probe gradient (the bases' values do not change the step's speed; bench/probe.py times the probe),
+OSoRA's from the SVD of W0 as in training. Writes bench/results/train_step.json and prints the
 table last.
 """
 import argparse
@@ -75,44 +76,21 @@ def make_step(loss_fn, params, device):
 
 # ---------------------------------------------------------------- ours
 
-def orthonormal(rows: int, cols: int, gen: torch.Generator, device) -> torch.Tensor:
-    """A random (rows, cols) matrix with orthonormal columns (rows >= cols) or rows (rows < cols)."""
-    q, _ = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=gen, device=device))
-    return q if rows >= cols else q.T.contiguous()
-
-
-@torch.no_grad()
-def random_bases(model, device) -> None:
-    """GiVA's and OSoRA's frozen bases as random orthonormal matrices instead of the probe's or W0's SVD.
-    The step's speed does not depend on their values, and the 160 SVDs would dominate the set-up time.
-    OSoRA's base weight is left as W0 (its residual W0 - B S A has the same shape and cost)."""
-    from giva.giva_linear import GivaLinear
-    from giva.inject import adapted_layers
-    from giva.osora import OsoraLinear
-
-    gen = torch.Generator(device=device).manual_seed(0)
-    for layer in adapted_layers(model).values():
-        if isinstance(layer, GivaLinear):
-            layer.set_bases(orthonormal(*layer.giva_A.shape, gen, device),
-                            orthonormal(*layer.giva_B.shape, gen, device))
-        elif isinstance(layer, OsoraLinear):
-            layer.osora_A.copy_(orthonormal(*layer.osora_A.shape, gen, device))
-            layer.osora_B.copy_(orthonormal(*layer.osora_B.shape, gen, device))
-            layer.osora_S.fill_(1.0)
-            layer.osora_lambda_d.fill_(1.0)
-
-
 def build_ours(shape, method, r, device, workdir):
-    """Our model with `method` on the targets (giva.inject.build_adapters: the wrapping apply_adapters does,
-    without its data-dependent init) and the tensors AdamW must hold (giva.adapter_parameters)."""
-    from giva import AdapterConfig, adapter_parameters
-    from giva.inject import build_adapters
+    """Our model with `method` on the targets through giva's public API, and the tensors AdamW must hold.
+    A method that needs the probe's gradient gets a random one per target instead (the step's speed does not
+    depend on the bases' values, and the probe has its own benchmark, bench/probe.py)."""
+    import giva
 
     model = C.our_random_model(shape, device, C.weights_dtype(device), workdir)
-    alpha = {"lora": 2 * r, "randlora": 2 * r}.get(method)
-    build_adapters(model, AdapterConfig(method=method, r=max(r, 1), targets=C.TARGETS, alpha=alpha))
-    random_bases(model, device)
-    return model.train(), adapter_parameters(model)
+    cfg = giva.AdapterConfig(method=method, r=max(r, 1), targets=C.TARGETS, alpha=2.0 * max(r, 1))
+    grads = None
+    if giva.needs_gradient(cfg):
+        gen = torch.Generator(device=device).manual_seed(0)
+        grads = {n: torch.randn(lin.weight.shape, generator=gen, device=device)
+                 for n, lin in giva.find_targets(model, cfg.targets).items()}
+    giva.apply_adapters(model, cfg, giva.compute_bases(model, cfg, grads))
+    return model.train(), giva.adapter_parameters(model)
 
 
 def run_ours(shape, method, r, ac_modes, device, args) -> dict:

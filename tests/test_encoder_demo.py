@@ -1,13 +1,6 @@
 """A shortened demo: the real all-MiniLM-L6-v2 + GiVA on the generated sentiment data, end to end."""
-import torch
-
-from bench.encoder_finetune import finetune
-from data.classification import ClassificationTask
-from data.demo_data import demo_splits
-from data.wordpiece_tokenizer import WordPieceTokenizer
+from data.safetensors_io import SafetensorsFile, load_safetensors
 from encoder_helpers import REPO, minilm_dir  # noqa: F401 (fixture)
-from giva import AdapterConfig
-from models import load_model
 import eval as eval_py
 import train
 
@@ -27,17 +20,18 @@ def test_shortened_demo_runs_end_to_end(minilm_dir, tmp_path):
         summary["val_accuracy_after"]
 
 
-def test_only_adapter_vectors_and_head_change(minilm_dir):
-    tok = WordPieceTokenizer.from_dir(minilm_dir)
-    train, val = demo_splits(32, 16, seed=1)
-    task = ClassificationTask(train, val, tok, 2, "accuracy")
-    model = load_model(minilm_dir, num_labels=2)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+def test_only_adapter_vectors_and_head_are_trained(minilm_dir, tmp_path):
+    """The run's trained-tensor files hold the GiVA vectors and the fully trained head and nothing else; every
+    lambda_o moved away from its 0 init, and the frozen bases are stored once, in adapter.safetensors."""
     # two targets keep the probe's SVDs (the slow part on a CPU) few; the demo test covers all four
-    finetune(model, task, AdapterConfig(method="giva", r=8, targets=["query", "value"]),
-             epochs=1, batch_size=16, lr=1e-2, log=lambda *_: None)
-    after = model.state_dict()
-    changed = {k for k in after if k in before and not torch.equal(after[k], before[k])}
-    assert changed == {"classifier.weight", "classifier.bias"}  # every base weight is bitwise unchanged
-    lambdas = [v for k, v in after.items() if k.endswith("giva_lambda_o")]
+    train.main([str(REPO / "configs" / "demo.yaml"), "--set", "data.n_train=64", "--set", "data.n_val=16",
+                "--set", "train.epochs=1", "--set", "adapter.targets=[query, value]",
+                "--set", f"train.out_dir={tmp_path}"])
+    trained, _ = load_safetensors(tmp_path / "demo" / "last.safetensors")
+    head = {k for k in trained if k.startswith("classifier.")}
+    assert head == {"classifier.weight", "classifier.bias"}
+    assert all(k.rsplit(".", 1)[-1] in ("giva_lambda_o", "giva_lambda_s") for k in set(trained) - head)
+    lambdas = [v for k, v in trained.items() if k.endswith("giva_lambda_o")]
     assert len(lambdas) == 12 and all(v.abs().sum() > 0 for v in lambdas)  # 6 layers x 2 targets, all trained
+    bases = SafetensorsFile(tmp_path / "demo" / "adapter.safetensors").keys()
+    assert sum(k.endswith(("giva_A", "giva_B")) for k in bases) == 24
