@@ -26,10 +26,10 @@ def test_tiny_config_loads():
 def test_overrides_are_parsed_as_yaml():
     exp = load_experiment(REPO / "configs/olmo2_metamath.yaml",
                           ["train.lr=3e-4", "adapter.targets=[q_proj, v_proj]", "adapter.r=512",
-                           "adapter.alpha=16", "probe.q=null", "train.warmup_ratio=0", "train.warmup_steps=100"])
+                           "adapter.alpha=16", "adapter.svd_q=null", "train.warmup_ratio=0", "train.warmup_steps=100"])
     assert exp.train.lr == 3e-4 and isinstance(exp.train.lr, float)  # YAML 1.1 reads 3e-4 as a string
     assert exp.adapter.targets == ["q_proj", "v_proj"] and exp.adapter.r == 512 and exp.adapter.alpha == 16.0
-    assert exp.probe.q is None and exp.train.warmup_steps == 100
+    assert exp.adapter.svd_q is None and exp.train.warmup_steps == 100
 
 
 @pytest.mark.parametrize("override, words", [
