@@ -34,6 +34,16 @@ USIZE_MAX = 2**64 - 1  # offsets and dims are u64 in the reference reader
 ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
 
 
+def replace_durably(src, dst):
+    """Rename the finished (fsynced) file `src` over `dst` and fsync the folder, so the rename survives a crash."""
+    os.replace(src, dst)
+    dir_fd = os.open(Path(dst).parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 @contextmanager
 def atomic_file(path, mode="wb"):
     """Write `path` all-or-nothing: a temporary file in the same folder, fsync, then rename over it."""
@@ -45,16 +55,11 @@ def atomic_file(path, mode="wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _unique_keys(pairs):

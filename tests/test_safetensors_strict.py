@@ -150,21 +150,22 @@ def test_oracle_agrees(tmp_path, case):
             assert torch.equal(ours[k], theirs[k]), k
 
 
-def test_aliased_weights_are_not_loaded_as_copies(tmp_path):
-    """The bug of issue 15: two tensors pointing at the same bytes made layer 1's q_proj a copy of layer 0's."""
-    q0, q1 = torch.randn(4, 4), torch.randn(4, 4)
-    path = tmp_path / "model.safetensors"
-    save_safetensors(path, {"model.layers.0.self_attn.q_proj.weight": q0,
-                            "model.layers.1.self_attn.q_proj.weight": q1})
-    raw = path.read_bytes()
+def test_aliased_weights_are_refused_by_load_model(tmp_path):
+    """Issue 15: a header pointing layer 1's q_proj at layer 0's bytes made it a silent copy through load_model."""
+    from models import load_model, write_random_checkpoint
+
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", family="llama")
+    file = ckpt / "model.safetensors"
+    raw = file.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
-    header["model.layers.1.self_attn.q_proj.weight"]["data_offsets"] = [0, 64]
+    q0, q1 = (f"model.layers.{i}.self_attn.q_proj.weight" for i in (0, 1))
+    header[q1]["data_offsets"] = header[q0]["data_offsets"]
     text = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:8 + n + 64])
-    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'model\.layers\.1\.self_attn\.q_proj\.weight'"
-                                         r" .*overlaps tensor 'model\.layers\.0\.self_attn\.q_proj\.weight'"):
-        load_safetensors(path)
+    file.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'model\.layers\.[01]\.self_attn\.q_proj\.weight'"
+                                         r" .*overlaps tensor 'model\.layers\.[01]\.self_attn\.q_proj\.weight'"):
+        load_model(ckpt)
 
 
 ROUND_TRIP = {
