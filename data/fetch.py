@@ -7,7 +7,8 @@ is kept:
   - it must be as long as the server (and the catalogue) says, else "cut off" and the .part stays for resume;
   - its sha256 must equal the published one (catalogue column `sha256`; from ../shared/data/SOURCES.md, the
     dataset hub's LFS pointer, or the TFDS / HF `datasets` checksum lists), else it is deleted;
-  - where no digest is published (`sha256` None) the digest of the first download is recorded beside the
+  - GitHub files without a published sha256 are checked against their git blob id at the pinned commit;
+  - where no sha256 is published (`sha256` None) the digest of the first download is recorded beside the
     file as `<file>.sha256` and every later run checks the file against it;
   - only then is it fsynced and renamed into place; archives (zip, tar.gz) are unpacked into a temporary
     folder first, renamed into place whole, and removed.
@@ -47,6 +48,7 @@ class Source:
     sha256: str | None  # None: not published; recorded beside the file after the first download
     size: int | None  # bytes, where published
     unpacks_to: str = ""  # archives: the folder (relative to root) they unpack to; the archive is then removed
+    git_blob: str | None = None  # GitHub files without a published sha256: the git blob id of the pinned commit
 
 
 GH = "https://raw.githubusercontent.com"
@@ -67,7 +69,7 @@ CATALOGUE = (
     Source("gsm8k", f"{GSM8K}/test.jsonl", "gsm8k/test.jsonl",
            "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14", 749738),
     Source("commonsense15k", f"{LLM_ADAPTERS}/ft-training_set/commonsense_15k.json",
-           "commonsense/commonsense_15k.json", None, None),
+           "commonsense/commonsense_15k.json", None, None, git_blob="3716afef6d384c475dba13f88a5a96c8032dafe2"),
     Source("commonsense_eval", f"{LLM_ADAPTERS}/dataset/boolq/test.json", "commonsense/boolq/test.json",
            "89df2397cbca81dc31adcc6f7f5b635821aa0565aafde46725b2b4bd39b4dfa9", 899151),
     Source("commonsense_eval", f"{LLM_ADAPTERS}/dataset/piqa/test.json", "commonsense/piqa/test.json",
@@ -75,7 +77,7 @@ CATALOGUE = (
     Source("commonsense_eval", f"{LLM_ADAPTERS}/dataset/social_i_qa/test.json", "commonsense/social_i_qa/test.json",
            "71543f41127451945379d106ffedaef502f1c8770dff6d2f543aca85e3080b1d", 843748),
     Source("commonsense_eval", f"{LLM_ADAPTERS}/dataset/hellaswag/test.json", "commonsense/hellaswag/test.json",
-           None, None),
+           None, None, git_blob="183c4920415f83ba4b793c4873a33e7e10bd1be5"),
     Source("commonsense_eval", f"{LLM_ADAPTERS}/dataset/winogrande/test.json", "commonsense/winogrande/test.json",
            "6946f5209e7114c65c6d04f8f644c5a061af20d730b1cfe158fff3dc44076fb9", 497409),
     Source("commonsense_eval", f"{LLM_ADAPTERS}/dataset/ARC-Easy/test.json", "commonsense/ARC-Easy/test.json",
@@ -144,6 +146,15 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def git_blob_id(path) -> str:
+    """The id git gives the file's content: sha1 of b"blob <size>\\0" + content (what GitHub publishes)."""
+    h = hashlib.sha1(f"blob {Path(path).stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
 def mirrored(url: str, base_url: str | None) -> str:
     """`url` itself, or `<base_url>/<host>/<path>` when a mirror (or a test server) stands in for the hosts."""
     if not base_url:
@@ -186,11 +197,11 @@ def _expected_total(resp, start: int, url: str) -> int | None:
 
 
 def download(url: str, dest: Path, sha256: str | None = None, size: int | None = None,
-             timeout: float = 60.0) -> str:
+             git_blob: str | None = None, timeout: float = 60.0) -> str:
     """Fetch `url` into `dest` through `dest.part` (resumed if present), verify it, rename it into place.
 
     Returns the file's sha256. A cut-off transfer keeps the .part (run again to resume); a digest that is not
-    `sha256` deletes it."""
+    `sha256` (or a git blob id that is not `git_blob`) deletes it."""
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +240,9 @@ def download(url: str, dest: Path, sha256: str | None = None, size: int | None =
     if sha256 is not None and digest != sha256:
         part.unlink()
         raise FetchError(f"{url}: wrong checksum, sha256 {digest} instead of {sha256}; the download was deleted")
+    if git_blob is not None and (blob := git_blob_id(part)) != git_blob:
+        part.unlink()
+        raise FetchError(f"{url}: wrong checksum, git blob {blob} instead of {git_blob}; the download was deleted")
     replace_durably(part, dest)
     return digest
 
@@ -282,7 +296,7 @@ def fetch_source(src: Source, root: Path, base_url: str | None = None) -> str:
                 _record(path, digest)
             return "present"
     else:
-        digest = download(mirrored(src.url, base_url), path, src.sha256, src.size)
+        digest = download(mirrored(src.url, base_url), path, src.sha256, src.size, src.git_blob)
     if src.unpacks_to:
         _unpack(path, root, src.unpacks_to)
     _record(path, digest)  # for an archive: the record that it was fetched and unpacked
@@ -333,7 +347,8 @@ def catalogue_table() -> str:
         lines.append(f"{name}:")
         for s in (s for s in CATALOGUE if s.dataset == name):
             digest = s.sha256 or "unknown: the digest is recorded beside the file after the first download"
-            lines.append(f"  {s.unpacks_to or s.path}\n    from   {s.url}\n    sha256 {digest}")
+            blob = f"\n    git blob {s.git_blob}" if s.git_blob else ""
+            lines.append(f"  {s.unpacks_to or s.path}\n    from   {s.url}\n    sha256 {digest}{blob}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,9 @@ import ast
 import hashlib
 import io
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tarfile
 import threading
@@ -112,6 +114,23 @@ def test_cut_off_transfer_then_resume(site, tmp_path, size_known):
     F.download(f"{site.base}/f.bin", dest, sha(data), size)
     assert site.requests[-1] == ("/f.bin", "bytes=40000-")
     assert dest.read_bytes() == data and not part.exists()
+
+
+def test_wrong_git_blob_is_not_kept(site, tmp_path):
+    site.files["/f.json"] = b'{"a": 1}\n'
+    with pytest.raises(F.FetchError, match=r"wrong checksum, git blob [0-9a-f]{40} instead of 1{40}"):
+        F.download(f"{site.base}/f.json", tmp_path / "f.json", git_blob="1" * 40)
+    assert not list(tmp_path.iterdir())
+
+
+def test_git_blob_id_is_gits(tmp_path):
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    file = tmp_path / "x.txt"
+    file.write_bytes(blob(3 * F.CHUNK + 5))
+    expected = subprocess.run([git, "hash-object", str(file)], capture_output=True, text=True, check=True).stdout
+    assert F.git_blob_id(file) == expected.strip()
 
 
 def test_server_ignoring_range_restarts_from_zero(site, tmp_path):
@@ -226,6 +245,8 @@ def test_catalogue_digests_match_the_real_files(site, tmp_path, shared_data):
         assert F.fetch_source(s, tmp_path, site.base) == "fetched", s.path
         assert (tmp_path / s.path).read_bytes() == (shared_data / s.path).read_bytes()
     assert F.main(["gsm8k", "mt_bench", "--root", str(tmp_path), "--base-url", site.base]) == 0
+    # the git blob ids of the LLM-Adapters rows come from `git ls-tree` of the same pinned commit
+    assert F.git_blob_id(shared_data / "commonsense/boolq/test.json") == "6d7edb0a8e8a6566b546ccf0d98d24e48db3fdf3"
 
 
 def test_list_prints_the_catalogue(capsys):
@@ -242,6 +263,7 @@ def test_catalogue_is_well_formed():
     assert "metamathqa" in F.DATASETS and "MetaMathQA-395K.json" in paths  # configs/olmo2_metamath.yaml
     for s in F.CATALOGUE:
         assert s.sha256 is None or (len(s.sha256) == 64 and set(s.sha256) <= set("0123456789abcdef")), s.path
+        assert s.git_blob is None or (len(s.git_blob) == 40 and set(s.git_blob) <= set("0123456789abcdef")), s.path
         assert s.url.startswith(("https://", "http://")) and not os.path.isabs(s.path)
         assert bool(s.unpacks_to) == s.path.endswith((".zip", ".tar.gz")), s.path
     for task in ("CoLA", "SST-2", "QNLI", "RTE", "STS-B"):  # data/glue.py reads <root>/glue/<Task>/
