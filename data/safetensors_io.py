@@ -25,11 +25,23 @@ import torch
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "C64": torch.complex64,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 100_000_000  # the limit of the reference (Rust) reader
+USIZE_MAX = 2**64 - 1  # offsets and dims are u64 in the reference reader
+ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
+
+
+def replace_durably(src, dst):
+    """Rename the finished (fsynced) file `src` over `dst` and fsync the folder, so the rename survives a crash."""
+    os.replace(src, dst)
+    dir_fd = os.open(Path(dst).parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @contextmanager
@@ -43,20 +55,37 @@ def atomic_file(path, mode="wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+
+
+def _unique_keys(pairs):
+    """json object_pairs_hook: a JSON object as a dict, refusing a key given twice (the spec forbids it)."""
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            raise ValueError(f"duplicate key {k!r}")
+        obj[k] = v
+    return obj
+
+
+def _is_uint(x) -> bool:
+    return type(x) is int and 0 <= x <= USIZE_MAX  # type(): JSON true/false are bools, not ints
 
 
 class SafetensorsFile:
-    """A lazily read, memory-mapped safetensors file: `keys()`, `metadata`, `shape(k)`, `get(k)`."""
+    """A lazily read, memory-mapped safetensors file: `keys()`, `metadata`, `shape(k)`, `get(k)`.
+
+    Opening checks the whole header against the format's specification and the reference reader
+    (safetensors/src/tensor.rs, `read_metadata` and `Metadata::validate`): the header is a JSON object that
+    begins with '{', is padded only with spaces and has no duplicate key; `__metadata__` maps str to str;
+    each entry has dtype (known), shape (non-negative ints) and data_offsets ([begin, end] ints)
+    with end - begin = prod(shape) * itemsize; sorted by offsets, the entries tile the data section from
+    byte 0 to its last byte without gap or overlap (so no two tensors share bytes and no byte is unused).
+    """
 
     def __init__(self, path):
         self.path = Path(path)
@@ -71,33 +100,75 @@ class SafetensorsFile:
             if n > MAX_HEADER_BYTES or 8 + n > size:
                 raise ValueError(f"{self.path}: corrupt or truncated header (claims {n} bytes, file has {size})")
             raw = f.read(n)
-        try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{self.path}: corrupt header, not valid JSON ({e})") from None
-        if not isinstance(header, dict):
-            raise ValueError(f"{self.path}: corrupt header, expected a JSON object")
-        self.metadata = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + n
-        self._data_size = size - self._data_start
-        self._entries = header
+        header = self._parse_header(raw)
+        self.metadata = self._check_metadata(header.pop("__metadata__", {}))
         for key, e in header.items():
             self._check_entry(key, e)
+        self._check_layout(header, size - 8 - n)
+        self._data_start = 8 + n
+        self._entries = header
         self._mmap = None
 
+    def _parse_header(self, raw: bytes) -> dict:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self.path}: corrupt header, not UTF-8 ({e})") from None
+        if not text.startswith("{"):
+            raise ValueError(f"{self.path}: corrupt header, it must begin with '{{' (starts with {text[:8]!r})")
+        try:
+            header, end = json.JSONDecoder(object_pairs_hook=_unique_keys).raw_decode(text)
+        except ValueError as e:  # JSONDecodeError or a duplicate key
+            raise ValueError(f"{self.path}: corrupt header, not valid JSON ({e})") from None
+        if text[end:].strip(" "):
+            raise ValueError(f"{self.path}: corrupt header, {text[end:][:16]!r} after the JSON object "
+                             f"(only space padding is allowed)")
+        return header
+
+    def _check_metadata(self, meta) -> dict:
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError(f"{self.path}: corrupt header, __metadata__ must map strings to strings: {meta!r}")
+        return meta
+
     def _check_entry(self, key, e):
-        if not isinstance(e, dict) or e.get("dtype") not in DTYPES or "shape" not in e or "data_offsets" not in e:
-            raise ValueError(f"{self.path}: corrupt header entry for tensor '{key}': {e!r}")
-        begin, end = e["data_offsets"]
+        where = f"{self.path}: corrupt header entry for tensor '{key}'"
+        if not isinstance(e, dict) or not ENTRY_FIELDS <= set(e):  # other fields are ignored, as the reference does
+            raise ValueError(f"{where}: expected an object with the fields {sorted(ENTRY_FIELDS)}: {e!r}")
+        if not isinstance(e["dtype"], str) or e["dtype"] not in DTYPES:
+            raise ValueError(f"{where}: unknown dtype {e['dtype']!r} (known: {sorted(DTYPES)})")
+        shape, offsets = e["shape"], e["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+            raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
+            raise ValueError(f"{where}: data_offsets must be [begin, end], two non-negative integers, got {offsets!r}")
         numel = 1
-        for d in e["shape"]:
+        for d in shape:
             numel *= d
-        itemsize = torch.empty((), dtype=DTYPES[e["dtype"]]).element_size()
-        if end - begin != numel * itemsize or begin < 0:
-            raise ValueError(f"{self.path}: tensor '{key}' has {end - begin} bytes for shape {e['shape']} {e['dtype']}")
-        if end > self._data_size:
-            raise ValueError(f"{self.path}: truncated file: tensor '{key}' ends at byte {end} "
-                             f"but the data section has {self._data_size}")
+            if numel > USIZE_MAX:
+                raise ValueError(f"{where}: shape {shape} overflows 64 bits")
+        nbytes = numel * torch.empty((), dtype=DTYPES[e["dtype"]]).element_size()
+        begin, end = offsets
+        if end < begin or end - begin != nbytes:
+            raise ValueError(f"{self.path}: tensor '{key}' has data_offsets {offsets} ({end - begin} bytes) but "
+                             f"shape {shape} {e['dtype']} needs {nbytes}")
+
+    def _check_layout(self, entries: dict, data_size: int):
+        """Sorted by offsets, the tensors must cover [0, data_size) exactly: no gap, no overlap, no slack."""
+        expected, previous = 0, None
+        for key, e in sorted(entries.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
+            begin, end = e["data_offsets"]
+            if begin != expected:
+                what = "overlaps" if begin < expected else f"leaves a gap of {begin - expected} bytes after"
+                after = f"tensor '{previous}'" if previous is not None else "the start of the data section"
+                raise ValueError(f"{self.path}: tensor '{key}' (data_offsets {[begin, end]}) {what} {after}, "
+                                 f"which ends at byte {expected}: data_offsets must tile the data section")
+            if end > data_size:
+                raise ValueError(f"{self.path}: truncated file: tensor '{key}' ends at byte {end} "
+                                 f"but the data section has {data_size}")
+            expected, previous = end, key
+        if expected != data_size:
+            raise ValueError(f"{self.path}: {data_size - expected} trailing bytes after the last tensor "
+                             f"(the tensors end at byte {expected} of a {data_size}-byte data section)")
 
     def keys(self):
         return list(self._entries)
