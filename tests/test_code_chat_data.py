@@ -164,7 +164,8 @@ def test_dev_loss_examples_match_the_official_tokenisation(mt_files, mistral_dir
     assert len(dev) >= 30 and sum("</s>" in p for p, _ in dev) >= 15
     for prompt, output in dev:
         ids, n_masked = mt_bench.dev_example_ids(tok, prompt, output)
-        # the official test_alpaca.py: tokenizer(input_text + " " + output_text), the first len(tokenizer(input_text + " ")) masked
+        # the official test_alpaca.py: tokenizer(input_text + " " + output_text), with BOS; the first
+        # len(tokenizer(input_text + " ")) tokens masked
         assert ids == oracle(f"{prompt} {output}")["input_ids"]
         assert n_masked == len(oracle(f"{prompt} ")["input_ids"])
     ids, _ = mt_bench.dev_example_ids(tok, *next(d for d in dev if "</s>" in d[0]))
