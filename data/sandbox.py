@@ -107,8 +107,6 @@ def _unreported(returncode: int, err: bytes) -> tuple[str, str]:
         sig = signal.Signals(-returncode)
         if sig == signal.SIGXCPU:
             return "timeout", "CPU time limit (SIGXCPU)"
-        if sig == signal.SIGXFSZ:
-            return "crashed", "file size limit (SIGXFSZ)"
         return "crashed", f"killed by {sig.name}"
     tail = err.decode("utf-8", "replace").strip()[-300:]
     return "crashed", f"exited with status {returncode} without a report" + (f": {tail}" if tail else "")

