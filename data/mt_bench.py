@@ -7,9 +7,10 @@ exactly this format), the preamble, then per turn "### Instruction: {q}" and "##
 "</s>" is the template's literal separator; `encode` turns it into the tokenizer's id for "</s>" (Mistral's
 EOS), as HF tokenizers split it out of the text, whatever our tokenizer's added tokens are.
 
-Dev set (official datasets/mt-bench/dev_set.json, rebuilt from FastChat's reference_answer/gpt-4.jsonl):
-one example per turn of the 30 answered questions, prompt = the conversation up to that turn, output =
-GPT-4's answer. The official loss tokenises prompt + " " + output with BOS and no EOS, and masks the
+Dev set (official datasets/mt-bench/dev_set.json, rebuilt from FastChat's reference_answer/gpt-4.jsonl;
+the rebuilt 60 examples were checked equal, character for character, to that file of neerajgangwar/giva
+@ 4b2763e): one example per turn of the 30 answered questions, prompt = the conversation up to that turn,
+output = GPT-4's answer. The official loss tokenises prompt + " " + output with BOS and no EOS, and masks the
 first len(tok(prompt + " ")) tokens (`dev_example_ids`); the score is the mean of the per-example mean
 token losses.
 

@@ -168,8 +168,11 @@ def test_dev_loss_examples_match_the_official_tokenisation(mt_files, mistral_dir
         # len(tokenizer(input_text + " ")) tokens masked
         assert ids == oracle(f"{prompt} {output}")["input_ids"]
         assert n_masked == len(oracle(f"{prompt} ")["input_ids"])
-    ids, _ = mt_bench.dev_example_ids(tok, *next(d for d in dev if "</s>" in d[0]))
+    turn_two = next(d for d in dev if "</s>" in d[0])
+    ids, _ = mt_bench.dev_example_ids(tok, *turn_two)
     assert ids.count(tok.eos_id) == 1 and ids[0] == tok.bos_id  # the turn separator is the EOS id, not text
+    # the same ids when the tokenizer itself splits "</s>" out (tokenizer_config.json now names it)
+    assert mt_bench.dev_example_ids(load_tokenizer(mistral_dir), *turn_two)[0] == ids
 
 
 def test_conversation_prompt_for_generation():
