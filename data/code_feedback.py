@@ -1,0 +1,63 @@
+"""CodeFeedback-Filtered-Instruction (m-a-p; JSONL of {"query", "answer", ...}) -> (prompt, output) pairs.
+
+The official code's shuffle result is discarded (methods.md section 9, item 15), so its split is contiguous
+in file order: rows 0-99,999 train, rows 100,000-109,999 validate. We keep that split: it is the data
+the paper trained on.
+    prompt = the no-input Alpaca template with instruction = query
+    output = the answer cut after its first fenced block: the text before the first ``` fence, the block
+             and a closing ```. An answer without a fence gets a stray ``` appended (item 20), as the
+             official `"```".join(answer.split("```")[:2]) + "```"` does.
+The pairs go through data/collate.py's build_example like MetaMathQA's.
+"""
+import json
+from pathlib import Path
+
+from data.alpaca import prompt as alpaca_prompt
+
+FENCE = "```"
+TRAIN_ROWS = range(0, 100_000)
+VAL_ROWS = range(100_000, 110_000)
+
+
+def cut_answer(answer: str) -> str:
+    """The answer up to and including the end of its first fenced block, then a closing fence."""
+    return FENCE.join(answer.split(FENCE)[:2]) + FENCE
+
+
+def example(query: str, answer: str) -> tuple[str, str]:
+    """(prompt, output) of one row."""
+    return alpaca_prompt(query), cut_answer(answer)
+
+
+def read_rows(path, n_rows: int | None = None) -> list[tuple[str, str]]:
+    """(query, answer) of the first n_rows rows (all when None), in file order; blank lines are skipped.
+    Errors name the file and line: malformed JSON, a missing or non-string field, too few rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CodeFeedback-Filtered-Instruction file not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if n_rows is not None and len(rows) == n_rows:
+                break
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {line_no}: malformed JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {line_no}: expected a JSON object")
+            for key in ("query", "answer"):
+                if not isinstance(record.get(key), str):
+                    raise ValueError(f"{path}, line {line_no}: field '{key}' is missing or not a string")
+            rows.append((record["query"], record["answer"]))
+    if n_rows is not None and len(rows) < n_rows:
+        raise ValueError(f"{path}: {len(rows)} rows, fewer than the {n_rows} needed")
+    return rows
+
+
+def read_splits(path, train_rows: range = TRAIN_ROWS, val_rows: range = VAL_ROWS):
+    """(train, val) lists of (prompt, output), the official contiguous row ranges by default."""
+    rows = read_rows(path, max(train_rows.stop, val_rows.stop))
+    return [example(*rows[i]) for i in train_rows], [example(*rows[i]) for i in val_rows]
