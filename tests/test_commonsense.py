@@ -87,7 +87,8 @@ def test_hellaswag_reader_on_a_file_in_the_llm_adapters_format(tmp_path):
     ("[{", "not valid JSON"),
     (json.dumps({"instruction": "x"}), "expected a JSON array"),
     (json.dumps([RECORD, "text"]), "record 1 is a str"),
-    (json.dumps([RECORD, RECORD, {k: v for k, v in RECORD.items() if k != "answer"}]), "record 2 has no field 'answer'"),
+    (json.dumps([RECORD, RECORD, {k: v for k, v in RECORD.items() if k != "answer"}]),
+     "record 2 has no field 'answer'"),
     (json.dumps([{**RECORD, "input": None}]), "record 0 field 'input' is a NoneType"),
 ])
 def test_malformed_files_name_the_file_and_record(tmp_path, content, message):
