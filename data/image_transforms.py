@@ -82,19 +82,19 @@ CLIP = Preprocessing((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.2613025
                      resize_shortest=224, crop_size=224)
 
 
-def _uniform(gen: torch.Generator, low: float, high: float) -> float:
-    return torch.empty(1).uniform_(low, high, generator=gen).item()
+def _uniform(gen: torch.Generator, low: float, high: float) -> torch.Tensor:
+    return torch.empty(1).uniform_(low, high, generator=gen)  # (1,) float32
 
 
 def random_resized_crop_box(height: int, width: int, gen: torch.Generator, scale=SCALE, ratio=RATIO):
     """(top, left, h, w) of a crop covering a `scale` fraction of the image with aspect w/h in `ratio`
     (log-uniform); 10 tries, then the largest center crop with an aspect in `ratio`. The same draws, in the
-    same order, as torchvision's RandomResizedCrop.get_params."""
+    same order and float32 arithmetic, as torchvision's RandomResizedCrop.get_params."""
     area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    log_ratio = torch.log(torch.tensor(ratio))  # float32, as torchvision has it
     for _ in range(10):
-        target_area = area * _uniform(gen, *scale)
-        aspect = math.exp(_uniform(gen, *log_ratio))
+        target_area = area * _uniform(gen, *scale).item()
+        aspect = torch.exp(_uniform(gen, log_ratio[0].item(), log_ratio[1].item())).item()
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
