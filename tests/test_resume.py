@@ -15,13 +15,15 @@ from experiment import ConfigError
 from data.safetensors_io import load_safetensors
 from tiny_run import REPO, TINY_CONFIG, tiny_overrides
 
-DROPOUT = {"adapter.dropout": 0.1}  # dropout draws from the global RNG, so its state must be resumed too
+# dropout draws from the global RNG, so its state must be resumed too; the bitwise claim is the CPU's (on a GPU
+# the kernels' reduction order may differ between processes), so the runs stay on the CPU on every machine
+DROPOUT = {"adapter.dropout": 0.1, "train.device": "cpu"}
 
 
 def _outputs(run):
     last, _ = load_safetensors(run / "last.safetensors")
     best, _ = load_safetensors(run / "best.safetensors")
-    metrics = [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "gpu_mem_gib")}  # measurements, not state
                for line in (run / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run / "summary.json").read_text())
     return last, best, metrics, summary["best_val_loss"], summary["best_step"]
