@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+import giva.methods
+
 import common as C
 
 # Ranks: GiVA r=64 and LoRA r=32 everywhere; VeRA and OSoRA as the paper ran them (512 on OLMo-2-7B,
@@ -149,7 +151,7 @@ def brief(res: dict) -> str:
 
 def with_mfu(rec: dict, shape, method: str, rate: float) -> dict:
     if "tokens_per_s" in rec:
-        flops = C.flops_per_token(shape.config, full_ft=method == "full")
+        flops = C.flops_per_token(shape.config, full_ft=not giva.methods.METHODS[method].wraps_targets)
         rec["mfu"] = rec["tokens_per_s"] * flops / (rate * 1e12)
     return rec
 
@@ -234,8 +236,8 @@ def main():
             for ac, rec in res.items():
                 rec = with_mfu(rec, shape, method, rate)
                 if peer in hf:
-                    rec["hf"] = {"method": f"{peer}_r{ranks[peer]}" if peer != "full" else "full", **hf[peer][ac]}
-                key = (f"{method}_r{ranks[method]}" if method != "full" else "full") + ("_ac" if ac else "")
+                    rec["hf"] = {"method": f"{peer}_r{ranks[peer]}" if ranks[peer] else peer, **hf[peer][ac]}
+                key = (f"{method}_r{ranks[method]}" if ranks[method] else method) + ("_ac" if ac else "")
                 results[shape.name][key] = rec
             save()
 
