@@ -69,9 +69,9 @@ def dry_run(exp):
 
 def speed_options(model, t):
     """Activation checkpointing, torch.compile and the LM loss's chunk, where the model kind offers them."""
-    for flag, method in (("activation_checkpointing", "set_activation_checkpointing"), ("compile", "compile_blocks")):
-        if getattr(t, flag) and not hasattr(model, method):
-            raise ConfigError(f"train.{flag}: {type(model).__name__} has no {method}()")
+    for flag, switch in (("activation_checkpointing", "set_activation_checkpointing"), ("compile", "compile_blocks")):
+        if getattr(t, flag) and not hasattr(model, switch):
+            raise ConfigError(f"train.{flag}: {type(model).__name__} has no {switch}()")
     if t.activation_checkpointing:
         model.set_activation_checkpointing(True)
     if t.compile:

@@ -225,20 +225,19 @@ def hf_model(shape: Shape, device: torch.device, dtype: torch.dtype, training: b
 
 
 def hf_peft(model, method: str, r: int):
-    """Wrap with peft on q,k,v,up,down, no dropout; 'full' trains every parameter of the bare model."""
-    if method == "full":
-        model.requires_grad_(True)
-        return model
+    """Wrap with peft on q,k,v,up,down, no dropout; 'full' (no peft config) trains every parameter of the bare model."""
     from peft import LoraConfig, RandLoraConfig, VeraConfig, get_peft_model
 
     configs = {
         "lora": lambda: LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS),
         "vera": lambda: VeraConfig(r=r, vera_dropout=0.0, target_modules=TARGETS),
         "randlora": lambda: RandLoraConfig(r=r, randlora_dropout=0.0, target_modules=TARGETS),
+        "full": lambda: None,
     }
     if method not in configs:
-        raise ValueError(f"peft has no method {method!r} here; choose from {sorted(configs)} or 'full'")
-    return get_peft_model(model, configs[method]())
+        raise ValueError(f"peft has no method {method!r} here; choose from {sorted(configs)}")
+    config = configs[method]()
+    return get_peft_model(model, config) if config is not None else model.requires_grad_(True)
 
 
 def hf_set_checkpointing(model, enabled: bool) -> None:
