@@ -1,16 +1,18 @@
-"""Score a model, or base + a trained adapter merged into it: GSM8K with batched greedy generation, or a
-classification run (the demo, GLUE) on its task's validation set.
+"""Score a model, or base + a trained adapter merged into it: a generative benchmark (data/benchmarks.py:
+GSM8K, ...) with batched generation, or a classification run (the demo, GLUE) on its task's validation set.
 
     python eval.py --task gsm8k                             # the run configs/olmo2_metamath.yaml produces
     python eval.py --task gsm8k --run runs/tiny_math        # base + that run's adapter (best val loss), merged
     python eval.py --task gsm8k --model DIR                 # a bare publisher checkpoint
     python eval.py --run runs/demo --checkpoint last        # a classification run: its task's validation metrics
-    options: --limit N (first N problems), --batch-size B, --max-new-tokens N, --out FILE (predictions
-             JSONL; the metrics JSON goes next to it as FILE.metrics.json), --data FILE (another GSM8K JSONL),
-             --compile / --no-compile (compiled blocks for generation; default eval.compile)
+    options: --limit N (first N problems), --tasks a,b (a benchmark's parts), --batch-size B,
+             --max-new-tokens N, --num-beams K, --out FILE (predictions JSONL; the metrics JSON goes next to it
+             as FILE.metrics.json), --data PATH (the benchmark's file or folder), --compile / --no-compile
+             (compiled blocks for generation; default eval.compile)
 
-Prompt [BOS] + tok("Q: {question}\\nA: ") as in training, greedy decoding of eval.max_new_tokens (256, the
-paper's) new tokens, stopping at EOS; the prediction is the first "#### <number>" of the generation.
+Decoding comes from the run config's eval section when it names this benchmark, else from the benchmark's
+own set-up (GSM8K: greedy, 256 new tokens, the paper's), stopping at EOS; the benchmark builds the prompts
+as in training and scores the generations (GSM8K: the first "#### <number>").
 """
 import argparse
 import json
@@ -23,8 +25,8 @@ import torch
 
 import giva
 from data import load_tokenizer
+from data.benchmarks import BENCHMARKS
 from data.collate import special_ids
-from data.gsm8k import extract_prediction, prompt, read_problems
 from data.safetensors_io import atomic_file
 from data.tasks import TASKS
 from experiment import ConfigError, EvalSection, ModelSection, TrainSection, ensure_inputs, load_experiment, runtime
@@ -51,34 +53,37 @@ def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device, 
     return model.eval(), load_tokenizer(resolve_checkpoint_path(model_path))
 
 
-def evaluate_gsm8k(model, tok, problems, *, max_new_tokens, batch_size, num_beams=1):
-    """One record per problem (prompt, generation, prediction, target, correct) and the metrics."""
-    bos, eos, pad = special_ids(tok)
-    prompts = [prompt(p.question) for p in problems]
-    ids = [[bos] + tok.encode(text) for text in prompts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
-    outputs = [None] * len(ids)
-    start, new_tokens = time.perf_counter(), 0
-    for s in range(0, len(order), batch_size):
-        chunk = order[s:s + batch_size]
-        new = generate(model, [ids[i] for i in chunk], max_new_tokens=max_new_tokens, num_beams=num_beams,
-                       eos_id=eos, pad_id=pad)
-        for i, tokens in zip(chunk, new):
-            outputs[i] = tokens
-            new_tokens += len(tokens)
-    elapsed = time.perf_counter() - start
-    records = []
-    for text, problem, tokens in zip(prompts, problems, outputs):
-        # Ids of an embedding's padding rows (OLMo-2: 100,278 tokens, 100,352 rows) have no text: dropped.
-        generation = tok.decode([t for t in tokens if t != eos and t < tok.vocab_size])
-        prediction = extract_prediction(generation)
-        records.append({"prompt": text, "generation": generation, "prediction": prediction,
-                        "target": problem.target, "correct": prediction == problem.target})
-    n_correct = sum(r["correct"] for r in records)
-    metrics = {"task": "gsm8k", "accuracy": n_correct / max(len(records), 1), "correct": n_correct,
-               "total": len(records), "max_new_tokens": max_new_tokens, "num_beams": num_beams,
-               "generation_time_s": elapsed, "new_tokens_per_s": new_tokens / max(elapsed, 1e-9)}
-    return records, metrics
+def batched_generator(model, tok, *, max_new_tokens, num_beams, batch_size, stats: dict):
+    """generate(prompts) -> texts for a benchmark (data/benchmarks.py): prompts sorted by length (less padding),
+    batches of `batch_size`, EOS and the embedding's padding rows (OLMo-2: 100,278 tokens, 100,352 rows) dropped.
+    `stats` accumulates the new tokens and seconds spent."""
+    _, eos, pad = special_ids(tok)
+
+    def generate_texts(prompts: list[list[int]]) -> list[str]:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        texts = [None] * len(prompts)
+        start = time.perf_counter()
+        for s in range(0, len(order), batch_size):
+            chunk = order[s:s + batch_size]
+            new = generate(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens, num_beams=num_beams,
+                           eos_id=eos, pad_id=pad)
+            for i, tokens in zip(chunk, new):
+                texts[i] = tok.decode([t for t in tokens if t != eos and t < tok.vocab_size])
+                stats["new_tokens"] += len(tokens)
+        stats["generation_time_s"] += time.perf_counter() - start
+        return texts
+    return generate_texts
+
+
+def evaluate_benchmark(model, tok, ev: EvalSection, subtasks=()) -> tuple[list[dict], dict]:
+    """Run benchmark `ev.task` on `model` with the eval section's decoding; (records, metrics)."""
+    stats = {"new_tokens": 0, "generation_time_s": 0.0}
+    generate_texts = batched_generator(model, tok, max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams,
+                                       batch_size=ev.batch_size, stats=stats)
+    records, metrics = BENCHMARKS[ev.task].run(generate_texts, tok, ev.path, ev.limit, tuple(subtasks))
+    return records, {"task": ev.task, **metrics, "max_new_tokens": ev.max_new_tokens, "num_beams": ev.num_beams,
+                     "generation_time_s": stats["generation_time_s"],
+                     "new_tokens_per_s": stats["new_tokens"] / max(stats["generation_time_s"], 1e-9)}
 
 
 @torch.no_grad()
@@ -97,39 +102,44 @@ def evaluate_classification_run(run: Path, checkpoint: str) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=["gsm8k"], help="gsm8k; leave out for a classification run's own task")
+    parser.add_argument("--task", choices=sorted(BENCHMARKS),
+                        help="a generative benchmark; leave out for a classification run's own task")
+    parser.add_argument("--tasks", type=lambda s: [t for t in s.split(",") if t],
+                        help="comma-separated parts of the benchmark (commonsense: boolq,piqa,...); default all")
     parser.add_argument("--checkpoint", choices=["best", "last"], help="which trained vectors (default: eval.checkpoint)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", type=Path, help="a run directory written by train.py")
     source.add_argument("--model", type=Path, help="a bare publisher checkpoint directory")
-    parser.add_argument("--limit", type=int, help="only the first N problems")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--max-new-tokens", type=int, help="default: the config's eval.max_new_tokens (256)")
+    parser.add_argument("--limit", type=int, help="only the first N problems (per part)")
+    parser.add_argument("--batch-size", type=int, help="prompts per generate call")
+    parser.add_argument("--max-new-tokens", type=int, help="default: eval.max_new_tokens, else the benchmark's")
+    parser.add_argument("--num-beams", type=int, help="default: eval.num_beams, else the benchmark's")
     parser.add_argument("--out", type=Path, help="predictions JSONL (default: in the run directory)")
-    parser.add_argument("--data", type=Path, help="a GSM8K-format JSONL (default: the config's eval.path)")
+    parser.add_argument("--data", type=Path, help="the benchmark's data file or folder (default: eval.path)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
                         help="compile the blocks for generation (default: the config's eval.compile)")
     args = parser.parse_args(argv)
     if args.task is None:
         if args.run is None:
-            parser.error("--task gsm8k, or --run DIR of a classification run")
+            parser.error("--task NAME, or --run DIR of a classification run")
         metrics = evaluate_classification_run(args.run, args.checkpoint or EvalSection().checkpoint)
         print(json.dumps(metrics))
         return metrics
 
-    if args.model is not None:
-        model_path, run, ev, exp = args.model, None, EvalSection(), None
-        out = args.out or Path("runs") / f"{args.model.name}_{args.task}.jsonl"
-    else:
-        run = args.run
+    exp, run = None, args.run
+    if args.model is None:
         exp = load_experiment(run / "config.yaml" if run is not None else DEFAULT_CONFIG)
         run = run if run is not None else exp.run_dir()
-        model_path, ev = Path(exp.model.path), exp.eval
-        out = args.out or run / f"{args.task}_predictions.jsonl"
+    model_path = args.model if exp is None else Path(exp.model.path)
+    # The config's eval section when it is for this benchmark, else the benchmark's own set-up.
+    ev = exp.eval if exp is not None and exp.eval.task == args.task else \
+        replace(EvalSection(), task=args.task, **BENCHMARKS[args.task].defaults)
     ev = replace(ev, limit=args.limit if args.limit is not None else ev.limit, checkpoint=args.checkpoint or ev.checkpoint,
                  batch_size=args.batch_size or ev.batch_size, path=str(args.data or ev.path),
-                 max_new_tokens=args.max_new_tokens or ev.max_new_tokens,
+                 max_new_tokens=args.max_new_tokens or ev.max_new_tokens, num_beams=args.num_beams or ev.num_beams,
                  compile=ev.compile if args.compile is None else args.compile)
+    out = args.out or (Path("runs") / f"{args.model.name}_{args.task}.jsonl" if run is None
+                       else run / f"{args.task}_predictions.jsonl")
     if exp is not None:
         ensure_inputs(exp)  # a smoke config's random checkpoint and synthetic problems, when missing
 
@@ -137,10 +147,7 @@ def main(argv=None):
     model, tok = load_for_eval(model_path, run, ev.checkpoint, dtype, device)
     if ev.compile:
         model.compile_blocks()
-    problems = read_problems(ev.path)
-    problems = problems[:ev.limit] if ev.limit else problems
-    records, metrics = evaluate_gsm8k(model, tok, problems, max_new_tokens=ev.max_new_tokens,
-                                      batch_size=ev.batch_size, num_beams=ev.num_beams)
+    records, metrics = evaluate_benchmark(model, tok, ev, args.tasks or ())
     metrics.update(model=str(model_path), run=str(run) if run else None,
                    adapter=ev.checkpoint if run else None, data=ev.path)
     with atomic_file(out, "w") as f:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from data.benchmarks import BENCHMARKS
 from data.synthetic_math import ensure_synthetic_files
 from data.tasks import TASKS
 from giva import AdapterConfig
@@ -102,7 +103,7 @@ class TrainSection:
 
 @dataclass
 class EvalSection:
-    task: str = _choices("gsm8k")
+    task: str = _choices(*BENCHMARKS)  # data/benchmarks.py; path, decoding: the paper's GSM8K set-up
     path: str = "../shared/data/gsm8k/test.jsonl"
     max_new_tokens: int = 256
     batch_size: int = 32

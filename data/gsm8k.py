@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.collate import special_ids
+
 PROMPT = "Q: {query}\nA: "
 
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+"
@@ -58,3 +60,24 @@ def read_problems(path) -> list[Problem]:
             except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
                 raise ValueError(f"{path}, line {line_no}: malformed GSM8K record ({type(e).__name__}: {e})") from None
     return problems
+
+
+def run(generate, tok, path, limit=0, subtasks=()) -> tuple[list[dict], dict]:
+    """Score `generate` on the problems of `path` (data/benchmarks.py): prompt [BOS] + tok("Q: ...\\nA: "), the
+    first "#### <number>" of each generation against the gold answer."""
+    if subtasks:
+        raise ValueError(f"gsm8k has no parts to choose (got --tasks {','.join(subtasks)})")
+    problems = read_problems(path)
+    problems = problems[:limit] if limit else problems
+    if not problems:
+        raise ValueError(f"{path}: no GSM8K problems in the file (it is empty)")
+    texts = [prompt(p.question) for p in problems]
+    bos = special_ids(tok)[0]
+    generations = generate([[bos] + tok.encode(text) for text in texts])
+    records = []
+    for text, problem, generation in zip(texts, problems, generations):
+        prediction = extract_prediction(generation)
+        records.append({"prompt": text, "generation": generation, "prediction": prediction,
+                        "target": problem.target, "correct": prediction == problem.target})
+    n_correct = sum(r["correct"] for r in records)
+    return records, {"accuracy": n_correct / len(records), "correct": n_correct, "total": len(records)}

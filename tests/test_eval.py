@@ -34,13 +34,22 @@ def test_scoring_keeps_each_generation_with_its_problem(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(eval_script, "generate", scripted)
-    records, metrics = eval_script.evaluate_gsm8k(None, tok, problems, max_new_tokens=9, batch_size=3)
+    ev = eval_script.EvalSection(task="gsm8k", path=str(tmp_path / "g.jsonl"), max_new_tokens=9, batch_size=3)
+    records, metrics = eval_script.evaluate_benchmark(None, tok, ev)
     assert sorted(seen_prompts) == list(range(7))
     assert [r["correct"] for r in records] == [i % 2 == 0 for i in range(7)]
     assert [r["prediction"] for r in records[::2]] == [p.target for p in problems[::2]]
     assert all(r["prediction"] is None for r in records[1::2])
     assert records[1]["generation"] == "I do not know"  # decoded without the EOS
     assert metrics["accuracy"] == pytest.approx(4 / 7) and metrics["total"] == 7
+
+
+def test_empty_gsm8k_file_is_an_error(tmp_path):
+    write_tokenizer(tmp_path)
+    (tmp_path / "g.jsonl").write_text("\n")
+    ev = eval_script.EvalSection(task="gsm8k", path=str(tmp_path / "g.jsonl"))
+    with pytest.raises(ValueError, match="g.jsonl: no GSM8K problems"):
+        eval_script.evaluate_benchmark(None, load_tokenizer(tmp_path), ev)
 
 
 def test_bare_model_command_line(tmp_path):

@@ -1,0 +1,29 @@
+"""The seam between eval.py and a generative benchmark: `BENCHMARKS` maps `--task` / `eval.task` names to them.
+
+A benchmark owns its files, prompts and scoring; eval.py owns the model and decoding. Its `run` gets
+
+    generate(prompts) -> texts    a list of prompt id lists in, one decoded continuation each out (EOS and
+                                  the embedding's padding rows dropped), batched and length-sorted by eval.py
+                                  with the decoding settings of the eval section (max_new_tokens, num_beams)
+    tok, path, limit, subtasks    the tokenizer, the data file or folder, the first `limit` items (0: all),
+                                  the benchmark's parts to run (commonsense tasks; empty: every part)
+
+and returns (records, metrics): one JSON-able record per item, written as JSONL, and the metrics dict.
+`defaults` are the eval-section values of the paper's set-up, used when no config of that task is given.
+Data modules stay free of models/ and giva/: generation reaches them only as the `generate` callable.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+from data import gsm8k
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    run: Callable
+    defaults: dict  # eval-section values: path, max_new_tokens, num_beams
+
+
+BENCHMARKS = {
+    "gsm8k": Benchmark(gsm8k.run, {"path": "../shared/data/gsm8k/test.jsonl", "max_new_tokens": 256, "num_beams": 1}),
+}
