@@ -240,6 +240,27 @@ def hf_peft(model, method: str, r: int):
     return get_peft_model(model, config) if config is not None else model.requires_grad_(True)
 
 
+HF_VARIANTS = ("eager", "compile", "liger", "liger+compile")  # in this order: liger patches classes globally
+
+
+def hf_available_variants(wanted) -> list[str]:
+    """The HF peer set-ups to measure, in HF_VARIANTS order; liger ones only where liger-kernel imports."""
+    try:
+        import liger_kernel.transformers  # noqa: F401
+        has_liger = True
+    except ImportError:
+        has_liger = False
+    return [v for v in HF_VARIANTS if v in wanted and (has_liger or "liger" not in v)]
+
+
+def hf_apply_liger(model) -> None:
+    """liger-kernel's fused RoPE, RMSNorm, SwiGLU and fused linear cross-entropy on this transformers model
+    (liger patches the modeling module's classes, so every later model of the family gets them too)."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model)
+
+
 def hf_set_checkpointing(model, enabled: bool) -> None:
     """HF's activation checkpointing (non-reentrant) on the transformers model under any peft wrapper, through
     `gradient_checkpointing_enable`, the name every transformers version has (5.2x deprecates it)."""

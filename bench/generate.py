@@ -10,7 +10,9 @@ device and assigned HF's tensors through the family's key table (no copy). Promp
 (the length of a GSM8K prompt; the weights are random, so real text would change nothing), 256 new tokens,
 no EOS (every row runs to the end). HF: `generate(do_sample=False, num_beams=k)` with its default (dynamic)
 KV cache and SDPA; ours: models.generate with its preallocated cache. Each side gets one short untimed call
-(kernel selection, allocator warm-up), then one timed call per setting. Ours compiled gets one untimed
+(kernel selection, allocator warm-up), then one timed call per setting; HF is timed with its default
+(dynamic) cache and with `cache_implementation="static"` (which compiles its forward; one full untimed call
+first), every ratio taken to the faster. Ours compiled gets one untimed
 call of the full size instead (its compilation, reported as first_call_s), so the timed call pays only
 what every call pays: its prefill and the capture of its CUDA graphs.
 
@@ -67,12 +69,18 @@ def run_ours(model, prompts: list[list[int]], new_tokens: int, beams: int) -> li
     return generate(model, prompts, max_new_tokens=new_tokens, num_beams=beams, eos_id=None)
 
 
-def run_hf(model, prompts: list[list[int]], new_tokens: int, beams: int) -> list[list[int]]:
-    ids = torch.tensor(prompts, device=model.device)  # (B, P), every prompt the same length: no padding
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                             do_sample=False, num_beams=beams, eos_token_id=None, pad_token_id=0)
-    return out[:, ids.shape[1]:].tolist()
+HF_CACHES = ("dynamic", "static")  # HF's default cache; its static cache, under which generate compiles the forward
+
+
+def hf_runner(cache: str):
+    def run_hf(model, prompts: list[list[int]], new_tokens: int, beams: int) -> list[list[int]]:
+        ids = torch.tensor(prompts, device=model.device)  # (B, P), every prompt the same length: no padding
+        extra = {"cache_implementation": "static"} if cache == "static" else {}
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                 do_sample=False, num_beams=beams, eos_token_id=None, pad_token_id=0, **extra)
+        return out[:, ids.shape[1]:].tolist()
+    return run_hf
 
 
 def timed_generation(fn, model, prompts, new_tokens, beams, device, full_warmup=False):
@@ -148,6 +156,8 @@ def main():
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--no-hf", action="store_true")
+    p.add_argument("--hf", nargs="+", choices=HF_CACHES, help="HF caches to time (default: both; --smoke: "
+                   "dynamic); ratios are to the fastest, the dynamic one beside it")
     p.add_argument("--compile", action="store_true", help="also time ours with Decoder.compile_blocks()")
     p.add_argument("--profile", action="store_true", help="print the top kernels of 64 greedy steps of ours (with the greedy setting)")
     p.add_argument("--smoke", action="store_true", help="tiny OLMo-2 shape on CPU, short prompts")
@@ -158,6 +168,7 @@ def main():
     settings = SMOKE_SETTINGS if args.smoke else SETTINGS
     if args.smoke:
         args.prompt_len, args.new_tokens = 8, 8
+    args.hf = args.hf or (["dynamic"] if args.smoke else list(HF_CACHES))
     device = C.pick_device(args.device)
     torch.manual_seed(0)  # HF's own init draws from the global RNG: the same weights on every run
     (shape,) = C.shapes_for(["olmo2-7b"], args.smoke)
@@ -198,10 +209,15 @@ def main():
         rec = dict(ours_runs[best][0], variant=best)
         rec["variants"] = {v: r for v, (r, _) in ours_runs.items()}
         if not args.no_hf:
-            theirs, hf_out = timed_generation(run_hf, hf, prompts[name], args.new_tokens, beams, device)
-            print(f"{name} hf: {theirs}", flush=True)
-            rec["hf"] = theirs
-            rec["agreement"] = agreement(ours_runs[best][1], hf_out)
+            hf_runs = {}
+            for cache in args.hf:  # the static cache compiles: one full untimed call first, as ours compiled
+                hf_runs[cache] = timed_generation(hf_runner(cache), hf, prompts[name], args.new_tokens, beams,
+                                                  device, full_warmup=cache == "static")
+                print(f"{name} hf {cache} cache: {hf_runs[cache][0]}", flush=True)
+            strongest = max(hf_runs, key=lambda c: hf_runs[c][0]["tokens_per_s"])
+            rec["hf"] = dict(hf_runs[strongest][0], variant=f"{strongest} cache")
+            rec["hf_all"] = {c: r for c, (r, _) in hf_runs.items()}
+            rec["agreement"] = agreement(ours_runs[best][1], hf_runs[strongest][1])
         roof = roofline(shape.config, weight_bytes, bandwidth, batch, beams, args.prompt_len, args.new_tokens,
                         torch.finfo(C.weights_dtype(device)).bits // 8)
         rec["roofline_tokens_per_s"] = roof
@@ -209,20 +225,22 @@ def main():
         if "hf" in rec:
             rec["hf"]["fraction_of_roofline"] = {k: rec["hf"]["tokens_per_s"] / v for k, v in roof.items()}
         results[key] = rec
-        h = rec.get("hf", {})
+        h, eager = rec.get("hf", {}), rec.get("hf_all", {}).get("dynamic", {})
         for v, r in rec["variants"].items():
             rows.append([f"{name}, batch {batch}, ours {v}", C.fmt(r["tokens_per_s"]), C.fmt(r["peak_gib"], ".1f"),
-                         C.fmt(h.get("tokens_per_s")), C.fmt(h.get("peak_gib"), ".1f"),
-                         C.fmt(r["tokens_per_s"] / h["tokens_per_s"] if h else None, ".1f"),
+                         h.get("variant", "-"), C.fmt(h.get("tokens_per_s")), C.fmt(h.get("peak_gib"), ".1f"),
+                         C.fmt(r["tokens_per_s"] / h["tokens_per_s"] if h else None, ".2f"),
+                         C.fmt(r["tokens_per_s"] / eager["tokens_per_s"] if eager else None, ".1f"),
                          C.fmt(roof["weights_only"]), f"{r['tokens_per_s'] / roof['weights_only']:.1%}",
                          f"{r['tokens_per_s'] / roof['weights_and_kv']:.1%}",
                          C.fmt(h.get("fraction_of_roofline", {}).get("weights_only"), ".1%")])
 
-    targets = []  # the issue's: greedy at least 10x HF generate, beam 4 at least 5x
+    targets = []  # issue 16's: greedy at least 1.6x the strongest HF generate, beam 4 at least 2x
     for key, rec in results.items():
         if "hf" in rec:
-            need, ratio = (10 if key.startswith("greedy") else 5), rec["tokens_per_s"] / rec["hf"]["tokens_per_s"]
-            targets.append({"target": f"{key} >= {need}x HF new tokens/s", "value": ratio, "met": ratio >= need})
+            need, ratio = (1.6 if key.startswith("greedy") else 2), rec["tokens_per_s"] / rec["hf"]["tokens_per_s"]
+            targets.append({"target": f"{key} >= {need}x HF ({rec['hf']['variant']}) new tokens/s",
+                            "value": ratio, "met": ratio >= need})
     out = args.out or C.default_out("generate", args.smoke)
     C.write_json(out, {
         "machine": C.machine_info(device), "copy_bandwidth_gbs": bandwidth / 1e9, "weight_bytes": weight_bytes,
@@ -233,7 +251,8 @@ def main():
     for check in targets:
         print(f"{'MET ' if check['met'] else 'MISS'}  {check['target']}: {check['value']:.2f}")
     print()
-    C.print_table(["setting", "ours tok/s", "ours GiB", "HF tok/s", "HF GiB", "speed-up", "roofline tok/s",
+    C.print_table(["setting", "ours tok/s", "ours GiB", "strongest HF", "HF tok/s", "HF GiB", "x strongest",
+                   "x HF dynamic", "roofline tok/s",
                    "ours % roof", "ours % roof+KV", "HF % roof"], rows)
 
 
