@@ -190,6 +190,22 @@ def by_length(task, examples, indices):
     return sorted(indices, key=lambda i: task.length(examples[i])) if hasattr(task, "length") else list(indices)
 
 
+def micro_batches(task, examples, indices, t) -> list[list[int]]:
+    """`indices` by length, cut into micro-batches of at most t.micro_batch_size examples and, when
+    t.micro_batch_tokens > 0 and the task can tell lengths, at most that many padded tokens (examples x the
+    longest; one example always fits): short examples then run many to a batch, long ones few."""
+    order = by_length(task, examples, indices)
+    budget = t.micro_batch_tokens if hasattr(task, "length") else 0
+    groups, group = [], []
+    for i in order:  # ascending lengths: the newest example is the group's longest
+        if group and (len(group) == t.micro_batch_size
+                      or budget and (len(group) + 1) * task.length(examples[i]) > budget):
+            groups.append(group)
+            group = []
+        group.append(i)
+    return groups + [group] if group else groups
+
+
 def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocast):
     """One AdamW step over the examples `picks`, in micro-batches with gradient accumulation.
 
@@ -202,9 +218,8 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
     step_loss = torch.zeros((), device=device)
     step_n = torch.zeros((), device=device, dtype=torch.long)
     tokens = 0
-    picks = by_length(task, task.train, picks)
-    for m in range(0, len(picks), t.micro_batch_size):
-        cpu_batch = task.collate([task.train[i] for i in picks[m:m + t.micro_batch_size]])
+    for group in micro_batches(task, task.train, picks, t):
+        cpu_batch = task.collate([task.train[i] for i in group])
         tokens += int(cpu_batch["pad_mask"].sum()) if "pad_mask" in cpu_batch else cpu_batch["input_ids"].numel()
         with autocast():
             loss_sum, n = model.loss(to_device(cpu_batch, device))
@@ -224,12 +239,11 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
 
 
 @torch.no_grad()
-def validation_loss(model, task, device, autocast, micro_batch_size) -> float:
+def validation_loss(model, task, device, autocast, t) -> float:
     model.eval()
     total, count = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    order = by_length(task, task.val, range(len(task.val)))
-    for s in range(0, len(order), micro_batch_size):
-        batch = to_device(task.collate([task.val[i] for i in order[s:s + micro_batch_size]]), device)
+    for group in micro_batches(task, task.val, range(len(task.val)), t):
+        batch = to_device(task.collate([task.val[i] for i in group]), device)
         with autocast():
             loss_sum, n = model.loss(batch)
         total += loss_sum.float()
@@ -365,7 +379,7 @@ def main(argv=None):
             window_tokens = 0
 
             if step in val_steps:
-                val = validation_loss(model, task, device, autocast, t.micro_batch_size)
+                val = validation_loss(model, task, device, autocast, t)
                 if not math.isfinite(val):
                     raise TrainingDiverged(f"non-finite validation loss at step {step}; the last good checkpoint "
                                            f"(step {progress['step_saved']}) is kept in {run}")

@@ -145,14 +145,23 @@ def test_accumulated_micro_batches_give_the_token_normalised_gradient(tmp_path):
             p.normal_()  # away from lambda_o = 0, so every vector gets a gradient
     picks = list(range(8))
     assert len({len(task.train[i][0]) - task.train[i][1] for i in picks}) > 1  # unequal target counts
+    lengths = sorted(task.length(task.train[i]) for i in picks)
+    budget = 3 * lengths[len(lengths) // 2]  # ~3 short examples or fewer long ones per micro-batch
+    settings = {"2 per batch": (2, 0), "8 per batch": (8, 0), "token budget": (8, budget)}
     grads = {}
-    for micro in (2, 8):
-        t = dataclasses.replace(exp.train, micro_batch_size=micro, grad_clip=0.0)
+    for name, (micro, tokens) in settings.items():
+        t = dataclasses.replace(exp.train, micro_batch_size=micro, micro_batch_tokens=tokens, grad_clip=0.0)
         opt = _GradRecorder(params, lr=0.0)
         train.optimizer_step(model, task, picks, opt, params, 0.0, t, torch.device("cpu"), contextlib.nullcontext)
-        grads[micro] = opt.grads
-    for a, b in zip(grads[2], grads[8]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        grads[name] = opt.grads
+    groups = train.micro_batches(task, task.train, picks, dataclasses.replace(exp.train, micro_batch_size=8,
+                                                                              micro_batch_tokens=budget))
+    sizes = [len(g) for g in groups]
+    assert sorted(i for g in groups for i in g) == picks and 1 < len(groups) < 8  # really re-grouped
+    assert all(len(g) * max(task.length(task.train[i]) for i in g) <= budget for g in groups if len(g) > 1)
+    for name in ("8 per batch", "token budget"):  # fp32 sums in another order: relative error ~1e-6
+        for a, b in zip(grads["2 per batch"], grads[name]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_activation_checkpointing_trains_the_same_vectors(tmp_path, monkeypatch):
