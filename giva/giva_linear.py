@@ -87,9 +87,11 @@ class GivaLinear(AdaptedLinear):
         self.giva_lambda_o = nn.Parameter(self._new(self.out_features, fill=0.0))  # (m,)
 
     def branch(self, x):
-        A = self.giva_A * self.giva_lambda_s[:, None]  # (r', n): the vectors folded into the thin bases
+        # lambda_s scales the thin activation, not A: A stays a frozen operand, so the backward pass needs no
+        # (r', n) weight-gradient product over every token (only dx); lambda_o is folded into B, whose
+        # product g^T h its own gradient needs anyway.
         B = self.giva_B * self.giva_lambda_o[:, None]  # (m, r')
-        return F.linear(F.linear(x, A), B)  # (..., r') -> (..., m)
+        return F.linear(F.linear(x, self.giva_A) * self.giva_lambda_s, B)  # (..., r') -> (..., m)
 
     def delta_weight(self):
         return (self.giva_lambda_o[:, None] * self.giva_B * self.giva_lambda_s) @ self.giva_A  # (m, n)

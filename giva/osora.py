@@ -51,9 +51,8 @@ class OsoraLinear(AdaptedLinear):
             self.weight.copy_(self.weight.float() - (self.osora_B * self.osora_S) @ self.osora_A)
 
     def branch(self, x):
-        A = self.osora_A * self.osora_lambda_d[:, None]  # (r', n): the vectors folded into the thin bases
-        B = self.osora_B * self.osora_lambda_b[:, None]  # (m, r')
-        return F.linear(F.linear(x, A), B)  # (..., r') -> (..., m)
+        B = self.osora_B * self.osora_lambda_b[:, None]  # (m, r'); lambda_d scales the activation, as GiVA's
+        return F.linear(F.linear(x, self.osora_A) * self.osora_lambda_d, B)  # (..., r') -> (..., m)
 
     def delta_weight(self):
         return (self.osora_lambda_b[:, None] * self.osora_B * self.osora_lambda_d) @ self.osora_A  # (m, n)

@@ -55,9 +55,8 @@ class VeraLinear(AdaptedLinear):
 
     def branch(self, x):
         A, B = self._sliced()
-        A = A * self.vera_lambda_d[:, None]  # (r, n): the vectors folded into the sliced bases
-        B = B * self.vera_lambda_b[:, None]  # (m, r)
-        return F.linear(F.linear(x, A), B)  # (..., r) -> (..., m)
+        B = B * self.vera_lambda_b[:, None]  # (m, r); lambda_d scales the activation, as GiVA's lambda_s
+        return F.linear(F.linear(x, A) * self.vera_lambda_d, B)  # (..., r) -> (..., m)
 
     def delta_weight(self):
         A, B = self._sliced()
