@@ -100,6 +100,15 @@ def evaluate_classification_run(run: Path, checkpoint: str) -> dict:
     return {"task": exp.data.task, "run": str(run), "adapter": checkpoint, **metrics}
 
 
+def _at_least(lowest: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{value} is below {lowest}")
+        return value
+    return parse
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=sorted(BENCHMARKS),
@@ -107,13 +116,13 @@ def main(argv=None):
     parser.add_argument("--tasks", type=lambda s: [t for t in s.split(",") if t],
                         help="comma-separated parts of the benchmark (commonsense: boolq,piqa,...); default all")
     parser.add_argument("--checkpoint", choices=["best", "last"], help="which trained vectors (default: eval.checkpoint)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--run", type=Path, help="a run directory written by train.py")
-    source.add_argument("--model", type=Path, help="a bare publisher checkpoint directory")
-    parser.add_argument("--limit", type=int, help="only the first N problems (per part)")
-    parser.add_argument("--batch-size", type=int, help="prompts per generate call")
-    parser.add_argument("--max-new-tokens", type=int, help="default: eval.max_new_tokens, else the benchmark's")
-    parser.add_argument("--num-beams", type=int, help="default: eval.num_beams, else the benchmark's")
+    parser.add_argument("--run", type=Path, help="a run directory written by train.py")
+    parser.add_argument("--model", type=Path, help="a publisher checkpoint directory: scored bare, or with --run the "
+                                                   "base the run's adapter is merged into (another copy of its base)")
+    parser.add_argument("--limit", type=_at_least(0), help="only the first N problems (per part); 0: all")
+    parser.add_argument("--batch-size", type=_at_least(1), help="prompts per generate call")
+    parser.add_argument("--max-new-tokens", type=_at_least(1), help="default: eval.max_new_tokens, else the benchmark's")
+    parser.add_argument("--num-beams", type=_at_least(1), help="default: eval.num_beams, else the benchmark's")
     parser.add_argument("--out", type=Path, help="predictions JSONL (default: in the run directory)")
     parser.add_argument("--data", type=Path, help="the benchmark's data file or folder (default: eval.path)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
@@ -127,10 +136,10 @@ def main(argv=None):
         return metrics
 
     exp, run = None, args.run
-    if args.model is None:
+    if args.model is None or run is not None:
         exp = load_experiment(run / "config.yaml" if run is not None else DEFAULT_CONFIG)
         run = run if run is not None else exp.run_dir()
-    model_path = args.model if exp is None else Path(exp.model.path)
+    model_path = args.model or Path(exp.model.path)
     # The config's eval section when it is for this benchmark, else the benchmark's own set-up.
     ev = exp.eval if exp is not None and exp.eval.task == args.task else \
         replace(EvalSection(), task=args.task, **BENCHMARKS[args.task].defaults)
@@ -139,7 +148,7 @@ def main(argv=None):
                  max_new_tokens=args.max_new_tokens or ev.max_new_tokens, num_beams=args.num_beams or ev.num_beams,
                  compile=ev.compile if args.compile is None else args.compile)
     out = args.out or (Path("runs") / f"{args.model.name}_{args.task}.jsonl" if run is None
-                       else run / f"{args.task}_predictions.jsonl")
+                       else run / f"{args.task}_{ev.checkpoint}_predictions.jsonl")
     if exp is not None:
         ensure_inputs(exp)  # a smoke config's random checkpoint and synthetic problems, when missing
 

@@ -59,6 +59,10 @@ def test_bad_file_names_the_file(tmp_path):
     bad.write_text("train:\n  lr: [1\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_experiment(bad)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 1.0e-2\n  epochs: 2\n  lr: 3.0e-3\n")
+    with pytest.raises(ConfigError, match="twice.yaml: not valid YAML.*duplicate key 'lr'"):
+        load_experiment(twice)
     with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
         load_experiment(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="section 'train' must be a mapping"):

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -84,12 +85,23 @@ def test_tiny_config_end_to_end(tmp_path):
     assert lambda_o and all(v.abs().sum() > 0 for v in lambda_o)  # initialised to 0, trained away from it
 
     metrics = eval_script.main(["--task", "gsm8k", "--run", str(run), "--limit", "6"])
-    records = [json.loads(line) for line in (run / "gsm8k_predictions.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "gsm8k_best_predictions.jsonl").read_text().splitlines()]
     assert len(records) == 6 and metrics["total"] == 6
     assert set(records[0]) >= {"prompt", "generation", "prediction", "target", "correct"}
     assert records[0]["prompt"].startswith("Q: ") and records[0]["prompt"].endswith("\nA: ")
     assert metrics["accuracy"] == sum(r["correct"] for r in records) / 6
-    assert json.loads((run / "gsm8k_predictions.jsonl.metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+    assert json.loads((run / "gsm8k_best_predictions.jsonl.metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+
+    # best and last keep their own predictions; --model with --run merges the adapter into another copy of its base
+    copy = tmp_path / "base_copy"
+    shutil.copytree(load_experiment(run / "config.yaml").model.path, copy)
+    last = eval_script.main(["--task", "gsm8k", "--run", str(run), "--model", str(copy), "--checkpoint", "last",
+                             "--limit", "6"])
+    assert (run / "gsm8k_last_predictions.jsonl").is_file() and (run / "gsm8k_best_predictions.jsonl").is_file()
+    assert last["model"] == str(copy) and last["adapter"] == "last"
+    for bad in (["--limit", "-1"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit):
+            eval_script.main(["--task", "gsm8k", "--run", str(run), *bad])
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
