@@ -102,6 +102,7 @@ class AdaptedLinear(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.shared = shared
         self.merged = False
+        self.rank = cfg.r  # the layer's rank; a method that caps it per layer (GiVA, OSoRA) sets what it used
 
     def _new(self, *shape, fill=None) -> torch.Tensor:
         """An fp32 adapter tensor on the weight's device (meta stays meta), filled if asked."""

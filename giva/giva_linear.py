@@ -81,7 +81,7 @@ class GivaLinear(AdaptedLinear):
 
     def __init__(self, linear: nn.Linear, cfg, name: str, shared=None, bases=None):
         super().__init__(linear, cfg)
-        r = effective_rank(cfg.r, self.out_features, self.in_features, cfg.init)
+        r = self.rank = effective_rank(cfg.r, self.out_features, self.in_features, cfg.init)
         self._bases_or_nan(bases, {"giva_A": (r, self.in_features), "giva_B": (self.out_features, r)})
         self.giva_lambda_s = nn.Parameter(self._new(r, fill=1.0))  # (r',)
         self.giva_lambda_o = nn.Parameter(self._new(self.out_features, fill=0.0))  # (m,)

@@ -184,17 +184,20 @@ def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
 def count_parameters(model: nn.Module) -> dict:
     """{"total": every parameter (base + adapter, shared ones once), "trainable": what the method trains,
     "fully_trained": the modules_to_save parameters (a head: the paper's counts leave it out), "per_target":
-    {target suffix: (layers, trainable)}}. methods.md 7.4's percentages are trainable / total."""
-    per = defaultdict(lambda: [0, 0])
+    {target suffix: (layers, trainable)}, "ranks": {target suffix: (lowest, highest) rank its layers use}}.
+    methods.md 7.4's percentages are trainable / total."""
+    per, ranks = defaultdict(lambda: [0, 0]), defaultdict(set)
     for name, layer in adapted_layers(model).items():
         row = per[name.rsplit(".", 1)[-1]]
         row[0] += 1
         row[1] += sum(p.numel() for p in layer.trainable().values())
+        ranks[name.rsplit(".", 1)[-1]].add(layer.rank)
     saved = set(model.adapter_saved)
     size = lambda names: sum(model.get_parameter(n).numel() for n in names)
     return {"total": sum(p.numel() for p in model.parameters()),
             "trainable": size(n for n in model.adapter_trainable if n not in saved), "fully_trained": size(saved),
-            "per_target": {k: tuple(v) for k, v in per.items()}}
+            "per_target": {k: tuple(v) for k, v in per.items()},
+            "ranks": {k: (min(v), max(v)) for k, v in ranks.items()}}
 
 
 def parameter_table(model: nn.Module) -> str:
@@ -203,8 +206,9 @@ def parameter_table(model: nn.Module) -> str:
     pct = lambda k: f"{100 * k / c['total']:.3f}%"
     n_layers = sum(v[0] for v in c["per_target"].values())
     title = f"{cfg.method} (r={cfg.r}) on {n_layers} layers" if n_layers else f"{cfg.method}: every parameter trains"
-    lines = [title, f"{'target':<24}{'layers':>8}{'trainable':>16}{'% of model':>12}"]
-    lines += [f"{t:<24}{k:>8}{n:>16,}{pct(n):>12}" for t, (k, n) in c["per_target"].items()]
+    rank = lambda t: "-".join(map(str, sorted(set(c["ranks"][t]))))  # "64", or "32-64" when capped per layer
+    lines = [title, f"{'target':<24}{'layers':>8}{'trainable':>16}{'% of model':>12}{'rank used':>11}"]
+    lines += [f"{t:<24}{k:>8}{n:>16,}{pct(n):>12}{rank(t):>11}" for t, (k, n) in c["per_target"].items()]
     if c["fully_trained"]:
         lines.append(f"{'modules_to_save':<24}{len(cfg.modules_to_save):>8}{c['fully_trained']:>16,}"
                      f"{pct(c['fully_trained']):>12}   ({', '.join(cfg.modules_to_save)}: trained fully, not counted)")

@@ -36,7 +36,7 @@ class OsoraLinear(AdaptedLinear):
         """With `bases` (from layer_bases): W becomes W_res at once. Without: NaN bases and W untouched, for a
         file load to fill, then finish_load() subtracts."""
         super().__init__(linear, cfg)
-        r = min(cfg.r, self.in_features, self.out_features)
+        r = self.rank = min(cfg.r, self.in_features, self.out_features)
         self._bases_or_nan(bases, {"osora_A": (r, self.in_features), "osora_B": (self.out_features, r),
                                    "osora_S": (r,)})
         self.osora_lambda_b = nn.Parameter(self._new(self.out_features, fill=1.0))  # (m,)

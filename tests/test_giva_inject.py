@@ -110,3 +110,18 @@ def test_tied_target_weight_is_an_error():
     model.lm_head.weight = model.embed_tokens.weight  # tied embeddings, as Qwen2-0.5B
     with pytest.raises(ValueError, match=r"target lm_head: its weight is tied to \['embed_tokens.weight'\]"):
         apply_adapters(model, AdapterConfig(method="vera", r=2, targets=["lm_head"]))
+
+
+def test_parameter_table_shows_the_rank_each_target_uses():
+    """GiVA's rank is capped per layer (SecSV-B needs 2r' singular vectors); the table says what was used."""
+    from giva import find_targets
+    model = ToyLM()
+    cfg = AdapterConfig(method="giva", r=16, targets=["q_proj", "k_proj", "up_proj"], init="secsv")
+    grads = {n: torch.randn(m.weight.shape) for n, m in find_targets(model, cfg.targets).items()}
+    adapt(model, cfg, grads)
+    c = count_parameters(model)
+    # q (24 x 24): min(16, 24 // 2) = 12; k (8 x 24): min(16, 8 // 2) = 4; up (40 x 24): min(16, 24 // 2) = 12
+    assert c["ranks"] == {"q_proj": (12, 12), "k_proj": (4, 4), "up_proj": (12, 12)}
+    assert c["per_target"]["k_proj"] == (2, 2 * (4 + 8))  # r' + m per layer
+    rows = {line.split()[0]: line.split() for line in parameter_table(model).splitlines()[2:]}
+    assert rows["q_proj"][-1] == "12" and rows["k_proj"][-1] == "4"
