@@ -50,9 +50,10 @@ def dinov2_config(raw: dict, file) -> ViTConfig:
 
 
 def dinov2_config_json(cfg: ViTConfig) -> dict:
+    ratio = cfg.hidden_dim // cfg.dim if cfg.hidden_dim % cfg.dim == 0 else cfg.hidden_dim / cfg.dim  # an int if it can
     return {"architectures": ["Dinov2Model"], "model_type": "dinov2", "hidden_size": cfg.dim,
             "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-            "mlp_ratio": cfg.hidden_dim / cfg.dim, "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+            "mlp_ratio": ratio, "image_size": cfg.image_size, "patch_size": cfg.patch_size,
             "num_channels": cfg.num_channels, "layer_norm_eps": cfg.norm_eps, "hidden_act": cfg.act,
             "qkv_bias": cfg.qkv_bias, "attention_probs_dropout_prob": cfg.attention_dropout,
             "hidden_dropout_prob": cfg.hidden_dropout, "drop_path_rate": 0.0, "use_swiglu_ffn": False,
