@@ -13,8 +13,6 @@ import train
 from models import load_model, write_random_checkpoint
 from models.vit import ViT
 
-transformers = pytest.importorskip("transformers", reason="transformers is the test-only oracle of the ViT parity")
-
 REPO = Path(__file__).resolve().parent.parent
 MODEL_CONFIGS = REPO / "tests" / "model_configs"
 TINY_DINOV2 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=3, image_size=28,
@@ -24,6 +22,11 @@ TINY_CLIP = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_
 TINY_TEXT = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64,
                  bos_token_id=0, eos_token_id=1, pad_token_id=2)
 ATOL = 1e-5  # fp32 over two tiny layers: summation-order rounding only
+
+
+@pytest.fixture
+def transformers():
+    return pytest.importorskip("transformers", reason="transformers is the test-only oracle of the ViT parity")
 
 
 @torch.no_grad()
@@ -46,7 +49,7 @@ def _pixels(h=28, w=28, seed=1):
     return torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def test_dinov2_classifier_matches_transformers(tmp_path):
+def test_dinov2_classifier_matches_transformers(tmp_path, transformers):
     """Dinov2ForImageClassification: the `dinov2.` prefix is stripped, its head loaded; logits and hidden
     states equal, also at an input size whose patch grid differs (interpolated position embeddings)."""
     cfg = transformers.Dinov2Config(**TINY_DINOV2, num_labels=5)
@@ -60,7 +63,7 @@ def test_dinov2_classifier_matches_transformers(tmp_path):
                                        atol=ATOL, rtol=0)
 
 
-def test_dinov2_backbone_with_a_fresh_head(tmp_path):
+def test_dinov2_backbone_with_a_fresh_head(tmp_path, transformers):
     """A bare Dinov2Model checkpoint + num_labels: the body is the checkpoint's (features equal HF's), the
     head fresh as HF initialises it, and the logits are that head on [CLS; mean patch]."""
     hf = _randomize(transformers.Dinov2Model(transformers.Dinov2Config(**TINY_DINOV2)))
@@ -78,7 +81,7 @@ def test_dinov2_backbone_with_a_fresh_head(tmp_path):
         torch.testing.assert_close(ours(x), expected, atol=ATOL, rtol=0)
 
 
-def test_clip_classifier_matches_transformers(tmp_path):
+def test_clip_classifier_matches_transformers(tmp_path, transformers):
     """CLIPForImageClassification: the vision tower under `vision_model.`, the head on the mean patch token."""
     cfg = transformers.CLIPConfig(text_config=TINY_TEXT, vision_config=TINY_CLIP, projection_dim=8, num_labels=4)
     hf = _randomize(transformers.CLIPForImageClassification(cfg))
@@ -88,7 +91,7 @@ def test_clip_classifier_matches_transformers(tmp_path):
         torch.testing.assert_close(ours(x), hf(pixel_values=x).logits, atol=ATOL, rtol=0)
 
 
-def test_clip_model_loads_its_vision_tower(tmp_path):
+def test_clip_model_loads_its_vision_tower(tmp_path, transformers):
     """A whole CLIPModel checkpoint (as openai/clip-vit-* ship): the text tower, projections and logit scale
     are ignored; last hidden state and pooled output equal HF's vision model's; the CLIP head starts as HF's."""
     cfg = transformers.CLIPConfig(text_config=TINY_TEXT, vision_config=TINY_CLIP, projection_dim=8)
@@ -110,7 +113,7 @@ def test_clip_model_loads_its_vision_tower(tmp_path):
 
 
 @pytest.mark.parametrize("family, hf_class", [("dinov2", "Dinov2Model"), ("clip_vision_model", "CLIPVisionModel")])
-def test_random_checkpoints_load_in_transformers(tmp_path, family, hf_class):
+def test_random_checkpoints_load_in_transformers(tmp_path, transformers, family, hf_class):
     """write_random_checkpoint's ViTs are the publisher layout: transformers reads them to the same network."""
     path = write_random_checkpoint(tmp_path / "ckpt", family=family, image_size=28, patch_size=7)
     ours = load_model(path)
@@ -122,7 +125,7 @@ def test_random_checkpoints_load_in_transformers(tmp_path, family, hf_class):
     assert prep["crop_size"] == {"height": 28, "width": 28}
 
 
-def test_clip_vision_model_saved_by_transformers(tmp_path):
+def test_clip_vision_model_saved_by_transformers(tmp_path, transformers):
     """CLIPVisionModel as transformers 5 saves it (no `vision_model.` prefix) loads too."""
     hf = _randomize(transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**TINY_CLIP)))
     ours = load_model(_save(hf, tmp_path / "ckpt"))

@@ -30,6 +30,7 @@ def _sklearn_file(*parts) -> Path:
 
 def test_real_features_match_transformers(vit_s):
     transformers = pytest.importorskip("transformers", reason="transformers' Dinov2Model is the oracle")
+    pytest.importorskip("PIL", reason="Pillow decodes the photographs (the vision extra)")
     ours = load_model(vit_s)
     assert sum(p.numel() for p in ours.parameters()) == VIT_S_PARAMS
     hf = transformers.Dinov2Model.from_pretrained(vit_s).eval()
