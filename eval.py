@@ -1,10 +1,12 @@
 """Score a model, or base + a trained adapter merged into it: a generative benchmark (data/benchmarks.py:
-GSM8K, ...) with batched generation, or a classification run (the demo, GLUE) on its task's validation set.
+GSM8K, ...) with batched generation, or a classification run (the demo, GLUE, images) on its task's validation
+set (and test set, where the task has one).
 
     python eval.py --task gsm8k                             # the run configs/olmo2_metamath.yaml produces
     python eval.py --task gsm8k --run runs/tiny_math        # base + that run's adapter (best val loss), merged
     python eval.py --task gsm8k --model DIR                 # a bare publisher checkpoint
     python eval.py --run runs/demo --checkpoint last        # a classification run: its task's validation metrics
+    python eval.py --run runs/dinov2_base_cifar100          # an image run: validation and test accuracy
     options: --limit N (first N problems), --tasks a,b (a benchmark's parts), --batch-size B,
              --max-new-tokens N, --num-beams K, --out FILE (predictions JSONL; the metrics JSON goes next to it
              as FILE.metrics.json), --data PATH (the benchmark's file or folder), --compile / --no-compile
@@ -28,7 +30,7 @@ from data import load_tokenizer
 from data.benchmarks import BENCHMARKS
 from data.collate import special_ids
 from data.safetensors_io import atomic_file
-from data.tasks import TASKS
+from data.tasks import build_task
 from experiment import ConfigError, EvalSection, ModelSection, TrainSection, ensure_inputs, load_experiment, runtime
 from models import load_model
 from models.generate import generate
@@ -50,7 +52,7 @@ def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device, 
         giva.load_adapter(model, run / "adapter.safetensors")  # bases + initial tensors
         giva.load_adapter(model, vectors)                     # the trained tensors replace the initial ones
         giva.merge_adapters(model)
-    return model.eval(), load_tokenizer(resolve_checkpoint_path(model_path))
+    return model.eval()
 
 
 def batched_generator(model, tok, *, max_new_tokens, num_beams, batch_size, stats: dict):
@@ -89,14 +91,15 @@ def evaluate_benchmark(model, tok, ev: EvalSection, subtasks=()) -> tuple[list[d
 @torch.no_grad()
 def evaluate_classification_run(run: Path, checkpoint: str) -> dict:
     """A classification run scored as train.py scored it: base + adapter (the trained head included), merged,
-    on the device and in the precision its config asks for."""
+    on the device and in the precision its config asks for; on the task's test split too when it has one."""
     exp = load_experiment(run / "config.yaml")
     device, dtype, autocast = runtime(exp.model, exp.train)
     path = resolve_checkpoint_path(exp.model.path)
-    task = TASKS[exp.data.task](exp, load_tokenizer(path), path)
-    model, _ = load_for_eval(path, run, checkpoint, dtype, device, num_labels=task.num_labels)
+    task = build_task(exp, path)
+    model = load_for_eval(path, run, checkpoint, dtype, device, num_labels=task.num_labels)
+    splits = {"val": task.val, **({"test": task.test} if hasattr(task, "test") else {})}
     with autocast():
-        metrics = {f"val_{k}": v for k, v in task.evaluate(model, task.val).items()}
+        metrics = {f"{split}_{k}": v for split, items in splits.items() for k, v in task.evaluate(model, items).items()}
     return {"task": exp.data.task, "run": str(run), "adapter": checkpoint, **metrics}
 
 
@@ -153,7 +156,8 @@ def main(argv=None):
         ensure_inputs(exp)  # a smoke config's random checkpoint and synthetic problems, when missing
 
     device, dtype, _ = runtime(*((exp.model, exp.train) if exp is not None else (ModelSection(), TrainSection())))
-    model, tok = load_for_eval(model_path, run, ev.checkpoint, dtype, device)
+    model = load_for_eval(model_path, run, ev.checkpoint, dtype, device)
+    tok = load_tokenizer(resolve_checkpoint_path(model_path))
     if ev.compile:
         model.compile_blocks()
     records, metrics = evaluate_benchmark(model, tok, ev, args.tasks or ())

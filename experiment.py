@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from data.benchmarks import BENCHMARKS
+from data.images import IMAGE_DATASETS
 from data.synthetic_math import ensure_synthetic_files
 from data.tasks import TASKS
 from giva import AdapterConfig
@@ -60,6 +61,8 @@ class DataSection:
     # How the masked prompt tokens are counted (data/collate.py build_example): "official" tokenises the
     # prompt alone, which with OLMo-2's BPE masks the response's first token too (methods.md bug 18).
     label_boundary: str = _choices("official", "common_prefix")
+    dataset: str = _choices("", *IMAGE_DATASETS)  # task images: which data set `path` holds ("" for text tasks)
+    num_workers: int = 0           # task images: threads decoding and transforming a micro-batch (0: in-process)
 
 
 @dataclass
@@ -272,6 +275,7 @@ def _check_rules(exp: Experiment):
                     "train.cpu_threads": t.cpu_threads,
                     "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
                     "data.n_val": exp.data.n_val, "data.synthetic": exp.data.synthetic,
+                    "data.num_workers": exp.data.num_workers,
                     "probe.micro_batches": exp.probe.micro_batches, "eval.limit": exp.eval.limit}
     for key, value in non_negative.items():
         if value < 0:

@@ -38,9 +38,8 @@ import yaml
 from tqdm import tqdm
 
 import giva
-from data import load_tokenizer
 from data.safetensors_io import atomic_file
-from data.tasks import TASKS
+from data.tasks import build_task
 from experiment import ConfigError, ensure_inputs, load_experiment, runtime
 from models import load_model
 from models.packaged_checkpoint import resolve_checkpoint_path
@@ -190,6 +189,13 @@ def by_length(task, examples, indices):
     return sorted(indices, key=lambda i: task.length(examples[i])) if hasattr(task, "length") else list(indices)
 
 
+def batch_tokens(batch) -> int:
+    """The real tokens of a micro-batch (its examples, for a batch of images)."""
+    if "pad_mask" in batch:
+        return int(batch["pad_mask"].sum())
+    return batch["input_ids"].numel() if "input_ids" in batch else len(batch["labels"])
+
+
 def micro_batches(task, examples, indices, t) -> list[list[int]]:
     """`indices` by length, cut into micro-batches of at most t.micro_batch_size examples and, when
     t.micro_batch_tokens > 0 and the task can tell lengths, at most that many padded tokens (examples x the
@@ -220,7 +226,7 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
     tokens = 0
     for group in micro_batches(task, task.train, picks, t):
         cpu_batch = task.collate([task.train[i] for i in group])
-        tokens += int(cpu_batch["pad_mask"].sum()) if "pad_mask" in cpu_batch else cpu_batch["input_ids"].numel()
+        tokens += batch_tokens(cpu_batch)
         with autocast():
             loss_sum, n = model.loss(to_device(cpu_batch, device))
         loss_sum.backward()
@@ -269,11 +275,11 @@ def main(argv=None):
     run, resuming = prepare_run_dir(exp, args.resume)
     device, dtype, autocast = runtime(exp.model, exp.train)
 
-    # 2. Load the tokenizer, the data and the checkpoint (its kind and family come from its config.json).
+    # 2. Load the data (with the checkpoint's tokenizer for a text task) and the checkpoint (its kind and
+    #    family come from its config.json).
     ensure_inputs(exp)
     path = resolve_checkpoint_path(exp.model.path)
-    tok = load_tokenizer(path)
-    task = TASKS[exp.data.task](exp, tok, path)
+    task = build_task(exp, path)
     if t.select_by == "val_metric" and not hasattr(task, "evaluate"):
         raise ConfigError(f"train.select_by=val_metric: task {exp.data.task!r} has no metric; use val_loss")
     torch.manual_seed(t.seed)  # a fresh classification head draws its initial weights here
@@ -352,6 +358,8 @@ def main(argv=None):
         if epoch != perm_epoch:  # the data order is a pure function of (seed, epoch): resumable anywhere
             perm = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(t.seed * 1000 + epoch))
             perm_epoch = epoch
+            if hasattr(task, "set_epoch"):  # so is the augmentation of a task that has one
+                task.set_epoch(epoch)
         picks = perm[j * t.batch_size:(j + 1) * t.batch_size].tolist()
         lr = t.lr * lr_factor(step, total_steps, warmup, t.schedule)
         step_loss, step_n, tokens = optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocast)

@@ -8,6 +8,8 @@ model input.
     Flowers102,  HF parquet exports (dpdl-benchmark/oxford_flowers102, timm/resisc45): <split>-*.parquet files
     RESISC45     with an `image` struct column {bytes, path} and an int `label`; class names from the
                  schema's `huggingface` metadata
+    digits       scikit-learn's bundled 8x8 digits (sklearn/datasets/data/digits.csv.gz: 1797 lines of 64
+                 pixel values 0..16 and the digit), the small real data set of the CPU smoke run and tests
 
 Splits: CIFAR-100 and Food101 validate on a random_split of train (min(10%, 5000) examples, generator seed 0,
 as torch.utils.data.random_split(train, [n - n_val, n_val]) draws it) and test on the official test split
@@ -16,11 +18,14 @@ read here: CIFAR's file order, Food101's meta/train.txt order. The paper permute
 that they list CIFAR in the binary file's order is likely but not verified here, and HF's Food101 script
 [inferred] yielded its rows in archive order, not meta/train.txt's. To reproduce the paper's validation set
 exactly, read the HF export itself with `parquet_split(root, "train")` and `split_off_validation`.
-Flowers102 and RESISC45 use their exports' own train / validation / test splits.
+Flowers102 and RESISC45 use their exports' own train / validation / test splits. digits has no official
+split: one seed-0 permutation gives 10% validation, 20% test and the rest for training.
 
 pyarrow and Pillow are optional (the `vision` extra) and imported only when an image is read.
 """
+import gzip
 import importlib
+import importlib.util
 import io
 import json
 from dataclasses import dataclass
@@ -231,17 +236,72 @@ def parquet_splits(root) -> ImageSplits:
     return ImageSplits(train, validation, test, classes)
 
 
+# --- scikit-learn's digits ---------------------------------------------------------------------------------
+
+DIGITS_FILE = ("datasets", "data", "digits.csv.gz")  # inside the installed sklearn package
+
+
+def sklearn_digits_file() -> Path:
+    """The digits.csv.gz that scikit-learn ships, found without importing sklearn."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the digits data set ships with scikit-learn, which is not installed "
+                                "(pip install scikit-learn), or give its digits.csv.gz as data.path")
+    return Path(spec.submodule_search_locations[0]).joinpath(*DIGITS_FILE)
+
+
+def read_digits(path) -> TensorImages:
+    """digits.csv.gz -> (N, 3, 8, 8) uint8 grey images (values 0..16 scaled to 0..255), labels 0..9."""
+    path = Path(path)
+    try:
+        lines = gzip.decompress(path.read_bytes()).decode("ascii").splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: digits file not found") from None
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a gzip'd CSV ({e})") from None
+    rows = []
+    for line_no, line in enumerate(lines, 1):
+        try:
+            values = [int(v) for v in line.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 65 or not all(0 <= v <= 16 for v in values[:64]) or not 0 <= values[64] <= 9:
+            raise ValueError(f"{path}, line {line_no}: expected 64 pixel values in 0..16 and a digit 0..9")
+        rows.append(values)
+    if not rows:
+        raise ValueError(f"{path}: no digits")
+    table = torch.tensor(rows)  # (N, 65)
+    grey = torch.round(table[:, :64].float() * (255 / 16)).to(torch.uint8).view(-1, 1, 8, 8)
+    return TensorImages(grey.expand(-1, 3, -1, -1).contiguous(), table[:, 64])
+
+
+def digits_splits(path=None, seed: int = 0) -> ImageSplits:
+    """train / validation (10%) / test (20%) of the digits, by one randperm with generator seed `seed`."""
+    images = read_digits(path or sklearn_digits_file())
+    n = len(images)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val, n_test = n // 10, n // 5
+    return ImageSplits(Subset(images, order[n_val + n_test:]), Subset(images, order[:n_val]),
+                       Subset(images, order[n_val:n_val + n_test]), [str(d) for d in range(10)])
+
+
 # Data sets validated on a random split of train: name -> reader of (train, test, classes)
 RANDOM_VALIDATION = {"cifar100": cifar100_train_test, "food101": food101_train_test}
 OWN_SPLITS = ("flowers102", "resisc45")  # HF parquet exports with train / validation / test
 
 
+IMAGE_DATASETS = (*RANDOM_VALIDATION, *OWN_SPLITS, "digits")
+
+
 def image_splits(name: str, root, seed: int = 0) -> ImageSplits:
-    """The paper's train / validation / test splits of data set `name` read from `root`."""
+    """The paper's train / validation / test splits of data set `name` read from `root` (digits: an empty
+    root is scikit-learn's own file)."""
+    if name == "digits":
+        return digits_splits(root or None, seed)
     if name in OWN_SPLITS:
         return parquet_splits(root)
     if name not in RANDOM_VALIDATION:
-        choices = ", ".join([*RANDOM_VALIDATION, *OWN_SPLITS])
+        choices = ", ".join(IMAGE_DATASETS)
         raise ValueError(f"unknown image data set {name!r}; choices: {choices}")
     train, test, classes = RANDOM_VALIDATION[name](root)
     train, validation = split_off_validation(train, seed)

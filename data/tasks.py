@@ -1,6 +1,7 @@
 """The seam between train.py and a data set: `TASKS` maps `data.task` names to builders.
 
-A builder takes (experiment config, tokenizer, checkpoint directory) and returns a task object with
+A builder takes (experiment config, tokenizer, checkpoint directory) and returns a task object with (the
+tokenizer is None for the tasks in TOKENIZER_FREE; `build_task` reads it from the checkpoint for the rest)
     train, val                    example lists (anything with len() and [i])
     collate(examples)             -> dict of CPU tensors for one micro-batch; the model computes its loss from
                                      it, model.loss(batch) -> (sum of per-target losses, number of targets),
@@ -9,11 +10,19 @@ A builder takes (experiment config, tokenizer, checkpoint directory) and returns
     evaluate(model, examples)     optional -> dict of metrics, called before and after training
     length(example)               optional -> its token count; train.py then groups examples of similar
                                   length into the same micro-batch (less padding, same gradient)
+    set_epoch(epoch)              optional: called by train.py before each epoch's batches (augmentation)
+    test                          optional: a held-out split eval.py scores as well (test_<metric>)
 """
+from pathlib import Path
+
 from data.classification import ClassificationTask, build_demo_task, build_glue_task
 from data.collate import collate_left_padded, special_ids
 from data.glue import GLUE_TASKS
+from data.image_task import ImageClassificationTask
+from data.image_transforms import Preprocessing
+from data.images import image_splits
 from data.metamath import load_splits
+from data.tokenizer import load_tokenizer
 
 
 class CausalLMTask:
@@ -49,5 +58,22 @@ def _glue_builder(name):
     return build
 
 
+def build_images(exp, tok, checkpoint_dir) -> ImageClassificationTask:
+    """Image classification on data.dataset read from data.path, with the checkpoint's image processor
+    settings (its preprocessor_config.json); the paper's splits (seed 0), augmentation seeded by train.seed."""
+    d = exp.data
+    if not d.dataset:
+        raise ValueError("data.task=images needs data.dataset (cifar100, food101, flowers102, resisc45 or digits)")
+    prep = Preprocessing.from_config(Path(checkpoint_dir) / "preprocessor_config.json")
+    return ImageClassificationTask(image_splits(d.dataset, d.path), prep, seed=exp.train.seed, workers=d.num_workers)
+
+
 TASKS = {"metamath": build_metamath, "demo_sentiment": build_demo_sentiment,
-         **{f"glue_{name}": _glue_builder(name) for name in GLUE_TASKS}}
+         **{f"glue_{name}": _glue_builder(name) for name in GLUE_TASKS}, "images": build_images}
+TOKENIZER_FREE = {"images"}
+
+
+def build_task(exp, checkpoint_dir):
+    """The task object of exp.data.task, with the checkpoint's tokenizer for the tasks that need one."""
+    tok = None if exp.data.task in TOKENIZER_FREE else load_tokenizer(checkpoint_dir)
+    return TASKS[exp.data.task](exp, tok, checkpoint_dir)

