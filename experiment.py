@@ -13,6 +13,7 @@ multiple of micro_batch_size, a method's required fields) are checked after all 
 """
 import contextlib
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -266,11 +267,12 @@ def _check_rules(exp: Experiment):
                 "train.loss_chunk": t.loss_chunk, "data.max_tokens": exp.data.max_tokens,
                 "data.n_train": exp.data.n_train, "eval.batch_size": exp.eval.batch_size,
                 "eval.num_beams": exp.eval.num_beams, "eval.max_new_tokens": exp.eval.max_new_tokens}
+    positive.update({"train.lr": t.lr, "train.eps": t.eps})
     for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"bad value {value} for '{key}': must be > 0")
+        if not value > 0 or not math.isfinite(value):  # NaN fails every comparison
+            raise ConfigError(f"bad value {value} for '{key}': must be a finite number > 0")
     non_negative = {"train.max_steps": t.max_steps, "train.warmup_steps": t.warmup_steps,
-                    "train.max_steps_this_invocation": t.max_steps_this_invocation, "train.lr": t.lr,
+                    "train.max_steps_this_invocation": t.max_steps_this_invocation,
                     "train.micro_batch_tokens": t.micro_batch_tokens,
                     "train.cpu_threads": t.cpu_threads,
                     "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
@@ -278,8 +280,8 @@ def _check_rules(exp: Experiment):
                     "data.num_workers": exp.data.num_workers,
                     "probe.micro_batches": exp.probe.micro_batches, "eval.limit": exp.eval.limit}
     for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"bad value {value} for '{key}': must be >= 0")
+        if not value >= 0 or not math.isfinite(value):
+            raise ConfigError(f"bad value {value} for '{key}': must be a finite number >= 0")
     if t.batch_size % t.micro_batch_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is not a multiple of "
                           f"train.micro_batch_size={t.micro_batch_size}")
@@ -287,8 +289,8 @@ def _check_rules(exp: Experiment):
         raise ConfigError(f"bad value {t.warmup_ratio} for 'train.warmup_ratio': must be in [0, 1)")
     if t.warmup_ratio and t.warmup_steps:
         raise ConfigError("set train.warmup_ratio or train.warmup_steps, not both")
-    if len(t.betas) != 2:
-        raise ConfigError(f"bad value {t.betas} for 'train.betas': expected two numbers")
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ConfigError(f"bad value {t.betas} for 'train.betas': expected two numbers in [0, 1)")
     if not t.name or "/" in t.name:
         raise ConfigError(f"bad value {t.name!r} for 'train.name': a non-empty folder name without '/'")
     if exp.data.n_val == 0:

@@ -27,8 +27,10 @@ The run directory out_dir/name/ holds (every file written atomically):
 """
 import argparse
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +45,10 @@ from data.tasks import build_task
 from experiment import ConfigError, ensure_inputs, load_experiment, runtime
 from models import load_model
 from models.packaged_checkpoint import resolve_checkpoint_path
+
+
+class RunLocked(RuntimeError):
+    pass
 
 
 class TrainingDiverged(RuntimeError):
@@ -117,10 +123,34 @@ def lr_factor(step, total, warmup, schedule):
 
 # ---- the run directory ----
 
+_LOCKS: dict[Path, int] = {}  # run directory -> the open file whose flock this process holds
+
+
+def lock_run_dir(run: Path) -> None:
+    """Hold an exclusive lock on `run` for this process's life, so two train.py never write one run directory
+    (a second one, fresh or --resume, is refused). The kernel drops a flock with its process, so a killed run
+    leaves no stale lock. Under the lock, temporary files of atomic writes a kill interrupted are removed."""
+    run = run.resolve()
+    if run in _LOCKS:  # this process holds it already (a sweep, or tests calling main again)
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunLocked(f"{run} is in use by another train.py (it holds {run / '.lock'}): wait for it to finish "
+                        f"or set another train.name") from None
+    _LOCKS[run] = fd
+    for orphan in run.glob(".*.tmp"):  # atomic_file's temporaries: never a finished file
+        orphan.unlink()
+
+
 def prepare_run_dir(exp, resume: bool) -> tuple[Path, bool]:
     """(run directory, whether there is a state to resume from). A run that stopped before its first
     checkpoint has nothing to resume, so it starts again from the beginning, with or without --resume."""
     run = exp.run_dir()
+    lock_run_dir(run)
     resolved = exp.to_dict()
     if resume and (run / "config.yaml").is_file():
         saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -345,11 +375,15 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def kept():
+        if (run / "state.pt").is_file():
+            return f"The last good checkpoint (step {progress['step_saved']}) is kept in {run}"
+        return f"No checkpoint was written before it (nothing to resume in {run}): lower train.lr or check the data"
+
     def check_finite():
         bad = first_bad.item()
         if bad >= 0:
-            raise TrainingDiverged(f"non-finite training loss at optimizer step {bad + 1}; stopped. The last "
-                                   f"good checkpoint (step {progress['step_saved']}) is kept in {run}")
+            raise TrainingDiverged(f"non-finite training loss at optimizer step {bad + 1}; stopped. {kept()}")
 
     progress.setdefault("step_saved", progress["step"])
     while progress["step"] < stop_at:
@@ -389,8 +423,7 @@ def main(argv=None):
             if step in val_steps:
                 val = validation_loss(model, task, device, autocast, t)
                 if not math.isfinite(val):
-                    raise TrainingDiverged(f"non-finite validation loss at step {step}; the last good checkpoint "
-                                           f"(step {progress['step_saved']}) is kept in {run}")
+                    raise TrainingDiverged(f"non-finite validation loss at step {step}; stopped. {kept()}")
                 record = {"step": step, "val_loss": val}
                 score = val  # lower is better
                 if t.select_by == "val_metric":
@@ -435,5 +468,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, TrainingDiverged, FileExistsError, FileNotFoundError) as e:
+    except (ConfigError, TrainingDiverged, RunLocked, FileExistsError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -44,7 +44,12 @@ def test_overrides_are_parsed_as_yaml():
     (["data.task=glue"], ["'data.task'", "valid choices: metamath"]),
     (["train.batch_size=30"], ["not a multiple of", "train.micro_batch_size=4"]),
     (["train.warmup_steps=10"], ["warmup_ratio or train.warmup_steps, not both"]),
-    (["train.epochs=0"], ["'train.epochs'", "must be > 0"]),
+    (["train.epochs=0"], ["'train.epochs'", "must be a finite number > 0"]),
+    (["train.lr=.nan"], ["'train.lr'", "must be a finite number > 0"]),
+    (["train.lr=0"], ["'train.lr'", "must be a finite number > 0"]),
+    (["train.eps=-1e-8"], ["'train.eps'", "must be a finite number > 0"]),
+    (["train.grad_clip=.inf"], ["'train.grad_clip'", "finite number >= 0"]),
+    (["train.betas=[0.9, 1.5]"], ["'train.betas'", "in [0, 1)"]),
     (["train.lr"], ["expected section.key=value"]),
 ])
 def test_bad_overrides_name_the_key(override, words):

@@ -70,5 +70,34 @@ def test_killed_process_resumes_to_the_same_vectors(tmp_path, uninterrupted):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert torch.load(state, weights_only=True)["step"] < 12
+    orphan = tmp_path / "runs/tiny_math/.state.pt.k1ll3d.tmp"  # what a kill inside an atomic write leaves
+    orphan.write_bytes(b"half a state")
     train.main([TINY_CONFIG, *sets, "--resume"])
     _assert_same(_outputs(tmp_path / "runs/tiny_math"), whole)
+    assert not list((tmp_path / "runs/tiny_math").glob(".*.tmp"))  # removed under the run's lock
+
+
+def test_a_second_train_py_on_a_run_directory_is_refused(tmp_path, uninterrupted):
+    """Two train.py on one run directory: the second (fresh or --resume) exits non-zero with one line while
+    the first holds the lock, and the first finishes untouched (its metrics one run's, step by step)."""
+    data_from, _ = uninterrupted
+    sets = tiny_overrides(tmp_path, {**DROPOUT, "model.path": data_from / "ckpt", "train.epochs": 60})
+    first = subprocess.Popen([sys.executable, str(REPO / "train.py"), TINY_CONFIG, *sets], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "runs/tiny_math/state.pt"  # the run is under way, and --resume would have a state
+    deadline = time.time() + 120
+    while not state.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    seconds = [subprocess.Popen([sys.executable, str(REPO / "train.py"), TINY_CONFIG, *sets, *extra], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for extra in ([], ["--resume"])]
+    errors = [(p.wait(), p.stderr.read()) for p in seconds]
+    assert first.poll() is None, "the first run ended before the second ones were refused: make it longer"
+    assert first.wait() == 0, first.stderr.read()
+    for code, err in errors:
+        assert code != 0 and "in use by another train.py" in err and err.strip().count("\n") == 0, err
+    records = [json.loads(line) for line in (tmp_path / "runs/tiny_math/metrics.jsonl").read_text().splitlines()]
+    for kind in ("val_loss", "loss"):  # one run's lines, none repeated or interleaved
+        steps = [r["step"] for r in records if kind in r and (kind == "val_loss") == ("val_loss" in r)]
+        assert steps and steps == sorted(set(steps)), (kind, steps)
+    assert json.loads((tmp_path / "runs/tiny_math/summary.json").read_text())["steps"] == 60 * 6

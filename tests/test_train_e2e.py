@@ -122,6 +122,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert not (run / "summary.json").exists()
 
 
+def test_divergence_before_any_checkpoint_says_none_is_kept(tmp_path, monkeypatch):
+    real_loss = Decoder.loss
+    calls = {"n": 0}
+
+    def loss_going_nan(self, batch):
+        total, n = real_loss(self, batch)
+        calls["n"] += 1 if torch.is_grad_enabled() else 0
+        return (total * math.nan if calls["n"] > 2 else total), n  # right after the probe's 2 micro-batches
+
+    monkeypatch.setattr(Decoder, "loss", loss_going_nan)
+    with pytest.raises(train.TrainingDiverged, match="step 1; stopped. No checkpoint was written before it"):
+        train.main([TINY_CONFIG, *tiny_overrides(tmp_path)])
+    assert not (tmp_path / "runs/tiny_math/state.pt").exists()
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_schedule_matches_transformers(schedule):
     transformers = pytest.importorskip("transformers")
