@@ -39,7 +39,8 @@ from models.packaged_checkpoint import resolve_checkpoint_path
 DEFAULT_CONFIG = "configs/olmo2_metamath.yaml"
 
 
-def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device, num_labels=None):
+def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device, num_labels=None,
+                  allow_other_base=False):
     """The base checkpoint, with `run`'s adapter (bases + `checkpoint` tensors) merged in when given."""
     if run is not None:
         vectors = run / f"{checkpoint}.safetensors"
@@ -49,8 +50,8 @@ def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device, 
             raise FileNotFoundError(f"{vectors}: the run has no {checkpoint} checkpoint (has training finished?)")
     model = load_model(model_path, dtype=dtype, device=device, num_labels=num_labels)
     if run is not None:
-        giva.load_adapter(model, run / "adapter.safetensors")  # bases + initial tensors
-        giva.load_adapter(model, vectors)                     # the trained tensors replace the initial ones
+        giva.load_adapter(model, run / "adapter.safetensors", allow_other_base=allow_other_base)  # bases, initial
+        giva.load_adapter(model, vectors, allow_other_base=allow_other_base)  # the trained tensors replace them
         giva.merge_adapters(model)
     return model.eval()
 
@@ -122,6 +123,8 @@ def main(argv=None):
     parser.add_argument("--run", type=Path, help="a run directory written by train.py")
     parser.add_argument("--model", type=Path, help="a publisher checkpoint directory: scored bare, or with --run the "
                                                    "base the run's adapter is merged into (another copy of its base)")
+    parser.add_argument("--allow-other-base", action="store_true",
+                        help="merge the run's adapter into a base other than the one it was trained on")
     parser.add_argument("--limit", type=_at_least(0), help="only the first N problems (per part); 0: all")
     parser.add_argument("--batch-size", type=_at_least(1), help="prompts per generate call")
     parser.add_argument("--max-new-tokens", type=_at_least(1), help="default: eval.max_new_tokens, else the benchmark's")
@@ -156,7 +159,7 @@ def main(argv=None):
         ensure_inputs(exp)  # a smoke config's random checkpoint and synthetic problems, when missing
 
     device, dtype, _ = runtime(*((exp.model, exp.train) if exp is not None else (ModelSection(), TrainSection())))
-    model = load_for_eval(model_path, run, ev.checkpoint, dtype, device)
+    model = load_for_eval(model_path, run, ev.checkpoint, dtype, device, allow_other_base=args.allow_other_base)
     tok = load_tokenizer(resolve_checkpoint_path(model_path))
     if ev.compile:
         model.compile_blocks()

@@ -6,6 +6,10 @@ name>.<basis>" for per-layer frozen bases (GiVA's A and B, OSoRA's U_r, V_r, S_r
 VeRA's and RandLoRA's shared bases, stored once. A training run writes the bases once
 (include_trainable=False) and small trainable-only files per checkpoint (include_bases=False); load_adapter
 takes them all together. Nothing here depends on the method: each layer lists its own tensors.
+
+An adapter is bound to the base it was trained on: the metadata records `base_fingerprint` (giva/inject.py), and
+loading onto a base with another fingerprint (another checkpoint of the same shapes: another family, seed or
+fine-tune) is refused unless `allow_other_base=True`.
 """
 import json
 from pathlib import Path
@@ -14,7 +18,7 @@ import torch
 from torch import nn
 
 from giva.config import AdapterConfig
-from giva.inject import adapted_layers, adapter_parameters, build_adapters
+from giva.inject import adapted_layers, adapter_parameters, base_fingerprint, build_adapters
 from data.safetensors_io import SafetensorsFile, save_safetensors
 
 FORMAT = "giva-adapter/1"
@@ -34,25 +38,39 @@ def save_adapter(model: nn.Module, path, *, include_bases: bool = True, include_
     if not hasattr(model, "adapter_config"):
         raise ValueError("the model has no adapters to save")
     tensors = {k: t.detach() for k, t in _tensors(model, include_bases, include_trainable).items()}
-    save_safetensors(path, tensors, {"format": FORMAT, "adapter_config": json.dumps(model.adapter_config.to_dict())})
+    save_safetensors(path, tensors, {"format": FORMAT, "adapter_config": json.dumps(model.adapter_config.to_dict()),
+                                     "base_fingerprint": model.adapter_base})
 
 
 def _read_config(f: SafetensorsFile) -> AdapterConfig:
     meta = f.metadata or {}
     if meta.get("format") != FORMAT or "adapter_config" not in meta:
         raise ValueError(f"{f.path}: not a {FORMAT} file (metadata {sorted(meta)})")
-    return AdapterConfig.from_dict(json.loads(meta["adapter_config"]))
+    try:
+        return AdapterConfig.from_dict(json.loads(meta["adapter_config"]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f.path}: adapter_config metadata is not JSON ({e})") from None
+
+
+def _check_base(files: list, model_base: str, allow_other_base: bool):
+    for f in files:
+        recorded = (f.metadata or {}).get("base_fingerprint", "")
+        if recorded and model_base and recorded != model_base and not allow_other_base:
+            raise ValueError(f"{f.path}: this adapter was trained on another base model (weights fingerprint "
+                             f"{recorded}, this model's {model_base}); load it onto its own base, or pass "
+                             f"allow_other_base=True (eval.py --allow-other-base) to apply it anyway")
 
 
 @torch.no_grad()
-def load_adapter(model: nn.Module, paths):
+def load_adapter(model: nn.Module, paths, *, allow_other_base: bool = False):
     """Load adapter file(s) onto `model`.
 
     A model without adapters gets them built from the files' config, and every tensor (bases and
     trainable) must then be in the files; OSoRA then rebuilds W_res from the model's own W0, which
     must be the pristine base weight. A model that already has the same adapters (resuming) takes the
     trainable tensors in the files, and any bases in the files must equal its own. A failed load
-    onto a fresh model leaves it with unusable adapters: rebuild the model before trying again.
+    onto a fresh model leaves it with unusable adapters: rebuild the model before trying again. The files'
+    base fingerprint must be the model's (see the module docstring).
     """
     files = [SafetensorsFile(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     cfgs = [_read_config(f) for f in files]
@@ -66,6 +84,7 @@ def load_adapter(model: nn.Module, paths):
             source[k] = f
     cfg = cfgs[0]
     fresh = not hasattr(model, "adapter_config")
+    base = base_fingerprint(model, cfg) if fresh else model.adapter_base  # before the adapters touch W0
     if fresh:
         build_adapters(model, cfg)
     elif model.adapter_config != cfg:
@@ -87,6 +106,9 @@ def load_adapter(model: nn.Module, paths):
         if f.shape(key) != tuple(dest.shape):
             raise ValueError(f"{f.path}: tensor '{key}' has shape {f.shape(key)} but the model's is "
                              f"{tuple(dest.shape)}")
+    _check_base(files, base, allow_other_base)
+    for key, f in source.items():
+        dest = trainable.get(key, bases.get(key))
         value = f.get(key)
         if key in bases and not fresh:
             if not torch.equal(value.to(dest.device, dest.dtype), dest):

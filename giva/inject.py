@@ -12,6 +12,7 @@ Targets are matched by module name: a module whose dotted name equals a target o
 modules inside cfg.modules_to_save are never targets (peft's rule). Afterwards exactly the tensors listed
 in `model.adapter_trainable` require grad, and `model.adapter_config` records the config.
 """
+import hashlib
 from collections import Counter, defaultdict
 
 import torch
@@ -116,6 +117,28 @@ def _check_untied(model: nn.Module, targets: dict[str, nn.Linear]):
                              f"those too; untie the weights or drop the target")
 
 
+def base_fingerprint(model: nn.Module, cfg: AdapterConfig, samples: int = 64) -> str:
+    """A cheap identity of the base weights an adapter is built on (before any adapter touches them): sha256
+    over each target weight's name, shape and `samples` evenly spaced values rounded to bf16 (so a bf16 and an
+    fp32 load of one checkpoint agree); for a method that wraps nothing (full FT), over every parameter outside
+    adapter.modules_to_save (a fresh head is random). "" on the meta device."""
+    targets = _targets(model, cfg)
+    if targets:
+        weights = {f"{n}.weight": lin.weight for n, lin in targets.items()}
+    else:
+        skip = tuple(f"{n}." for n in find_modules_to_save(model, cfg.modules_to_save))
+        weights = {n: p for n, p in model.named_parameters() if not n.startswith(skip)}
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        w = weights[name].detach()
+        if w.device.type == "meta":
+            return ""
+        picks = torch.linspace(0, w.numel() - 1, samples, device=w.device).long()
+        digest.update(f"{name}{tuple(w.shape)}".encode())
+        digest.update(w.flatten()[picks].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def build_adapters(model: nn.Module, cfg: AdapterConfig, bases: dict | None = None) -> nn.Module:
     """Freeze everything, wrap every target of `cfg` in place (with `bases`, else placeholders), and choose
     what trains: the method's tensors and the modules in cfg.modules_to_save, each parameter once."""
@@ -124,6 +147,7 @@ def build_adapters(model: nn.Module, cfg: AdapterConfig, bases: dict | None = No
     targets = _targets(model, cfg)
     _check_untied(model, targets)
     saved = find_modules_to_save(model, cfg.modules_to_save)
+    fingerprint = base_fingerprint(model, cfg)  # of the pristine weights (OSoRA rewrites W0 as it attaches)
     for p in model.parameters():
         p.requires_grad_(False)
     trainable = METHODS[cfg.method].attach(model, cfg, targets, bases or {})
@@ -132,6 +156,7 @@ def build_adapters(model: nn.Module, cfg: AdapterConfig, bases: dict | None = No
     for p in trainable.values():
         p.requires_grad_(True)
     model.adapter_config = cfg
+    model.adapter_base = fingerprint
     model.adapter_trainable = tuple(trainable)  # parameter names, each once, in order
     model.adapter_saved = tuple(f"{n}.{k}" for n, m in saved.items() for k, _ in m.named_parameters())
     return model

@@ -108,3 +108,17 @@ def test_merged_model_refuses_a_load(tmp_path):
         layer.merge()
     with pytest.raises(ValueError, match="unmerge"):
         load_adapter(model, tmp_path / "a.safetensors")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_adapter_is_bound_to_its_base_model(method, tmp_path):
+    """Onto another base of the same shapes (another init) the load is refused, naming the file, unless
+    allowed; a bf16 copy of its own base is still its base."""
+    pristine, model = trained_toy(method)
+    save_adapter(model, tmp_path / "a.safetensors")
+    torch.manual_seed(123)
+    other = ToyLM()
+    with pytest.raises(ValueError, match="a.safetensors: this adapter was trained on another base model"):
+        load_adapter(other, tmp_path / "a.safetensors")
+    load_adapter(ToyLM(), tmp_path / "a.safetensors", allow_other_base=True)
+    load_adapter(copy.deepcopy(pristine).to(torch.bfloat16), tmp_path / "a.safetensors")

@@ -15,7 +15,7 @@ import train
 from data.tasks import TASKS
 from experiment import ensure_inputs, load_experiment
 from data import load_tokenizer
-from models import Decoder, load_config, load_model
+from models import Decoder, load_config, load_model, write_random_checkpoint
 from data.safetensors_io import SafetensorsFile, load_safetensors
 from tiny_run import REPO, TINY_CONFIG, tiny_overrides
 
@@ -99,6 +99,11 @@ def test_tiny_config_end_to_end(tmp_path):
                              "--limit", "6"])
     assert (run / "gsm8k_last_predictions.jsonl").is_file() and (run / "gsm8k_best_predictions.jsonl").is_file()
     assert last["model"] == str(copy) and last["adapter"] == "last"
+    other = write_random_checkpoint(tmp_path / "other_base", family="olmo2", seed=7)  # same shapes, other weights
+    with pytest.raises(ValueError, match="trained on another base model"):
+        eval_script.main(["--task", "gsm8k", "--run", str(run), "--model", str(other), "--limit", "2"])
+    assert eval_script.main(["--task", "gsm8k", "--run", str(run), "--model", str(other), "--limit", "2",
+                             "--allow-other-base"])["total"] == 2
     for bad in (["--limit", "-1"], ["--batch-size", "0"]):
         with pytest.raises(SystemExit):
             eval_script.main(["--task", "gsm8k", "--run", str(run), *bad])
