@@ -12,6 +12,9 @@ preprocessor_config.json (the family's mean and std, resize and crop to the conf
 """
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -113,8 +116,24 @@ def write_random_checkpoint(path, family="llama", seed=0, dtype=torch.float32, d
     (or, for a ViT family, ViTConfig) fields (e.g. n_layers=1). Weights ~ N(0, 0.02); scales (norm weights,
     DINOv2's layer scale: the 1-D non-bias tensors) 1 + N(0, 0.1) and biases N(0, 0.02), so no tensor is
     trivially the identity. `device="cuda"` draws the weights there (a 7B-shaped model in seconds instead
-    of minutes; other random numbers than on the CPU)."""
-    path = Path(path)
+    of minutes; other random numbers than on the CPU).
+
+    The files appear whole or not at all: they are written into a temporary folder beside `path`, then moved
+    in with config.json last, so a run killed during first use leaves either no config.json (the next run
+    writes the checkpoint again) or a complete checkpoint."""
+    final = Path(path)
+    final.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        _write_checkpoint(path, family, seed, dtype, device, config_overrides)
+        for file in sorted(path.iterdir(), key=lambda f: f.name == "config.json"):  # config.json last
+            os.replace(file, final / file.name)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(path: Path, family, seed, dtype, device, config_overrides):
     cfg = tiny_config(family, **config_overrides)
     vit = family in VIT_DEFAULTS
     fam = VIT_FAMILIES[family] if vit else DECODER_FAMILIES[family]
@@ -134,7 +153,6 @@ def write_random_checkpoint(path, family="llama", seed=0, dtype=torch.float32, d
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen, device=device))
             else:
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen, device=device))
-    path.mkdir(parents=True, exist_ok=True)
     _write_json(path / "config.json", raw)
     if load_config(path) != cfg:
         raise ValueError(f"family {family!r} cannot express this config in config.json: {config_overrides}")
@@ -142,8 +160,7 @@ def write_random_checkpoint(path, family="llama", seed=0, dtype=torch.float32, d
                      metadata={"format": "pt"})
     if vit:
         write_preprocessor_config(path, family, cfg.image_size)
-        return path
+        return
     _write_json(path / "generation_config.json",
                 {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID})
     write_tokenizer(path)
-    return path

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from models import DecoderConfig, load_config, load_model, write_random_checkpoint
+from data import load_tokenizer
 from models.random_checkpoint import BOS_ID, EOS_ID, PAD_ID, bytes_to_unicode
+from tiny_run import REPO
 
 FAMILIES = ["llama", "mistral", "qwen2", "phi3", "olmo2"]
 IDS = (torch.arange(3, 19)[None] * 7) % 259  # (1, 16): a fixed prompt longer than the sliding window (8)
@@ -128,3 +130,26 @@ def test_sharded_bin_checkpoint_loads_the_same(checkpoints, tmp_path):
     (tmp_path / "config.json").write_text((src / "config.json").read_text())
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path)(IDS), load_model(src)(IDS), atol=0, rtol=0)
+
+
+def test_first_use_interrupted_leaves_nothing_half_written(tmp_path, monkeypatch):
+    """A run stopped while its random checkpoint is written leaves no config.json (so the next run writes the
+    checkpoint again, whole) and no temporary folder."""
+    import models.random_checkpoint as rc
+    from experiment import ensure_inputs, load_experiment
+
+    exp = load_experiment(REPO / "configs/tiny_math.yaml", [f"model.path={tmp_path / 'ckpt'}",
+                                                             f"data.path={tmp_path / 'm.json'}",
+                                                             f"eval.path={tmp_path / 'g.jsonl'}"])
+    real = rc.write_tokenizer
+
+    def killed(path):
+        raise KeyboardInterrupt  # what a stop between the weights and the tokenizer looks like to the writer
+
+    monkeypatch.setattr(rc, "write_tokenizer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_inputs(exp)
+    assert not (tmp_path / "ckpt" / "config.json").exists() and not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.setattr(rc, "write_tokenizer", real)
+    ensure_inputs(exp)
+    assert load_model(tmp_path / "ckpt") is not None and load_tokenizer(tmp_path / "ckpt").eos_id is not None
