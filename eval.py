@@ -18,7 +18,6 @@ as in training and scores the generations (GSM8K: the first "#### <number>").
 """
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +30,7 @@ from data.benchmarks import BENCHMARKS
 from data.collate import special_ids
 from data.safetensors_io import atomic_file
 from data.tasks import build_task
-from experiment import ConfigError, EvalSection, ModelSection, TrainSection, ensure_inputs, load_experiment, runtime
+from experiment import EvalSection, ModelSection, TrainSection, cli, ensure_inputs, load_experiment, runtime
 from models import load_model
 from models.generate import generate
 from models.packaged_checkpoint import resolve_checkpoint_path
@@ -177,7 +176,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    cli(main)

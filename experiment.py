@@ -14,6 +14,8 @@ multiple of micro_batch_size, a method's required fields) are checked after all 
 import contextlib
 import difflib
 import math
+import os
+import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -295,6 +297,27 @@ def _check_rules(exp: Experiment):
         raise ConfigError(f"bad value {t.name!r} for 'train.name': a non-empty folder name without '/'")
     if exp.data.n_val == 0:
         raise ConfigError("data.n_val must be > 0: validation picks the best checkpoint")
+
+
+# ---- the command line of train.py and eval.py ----
+
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason the user can act on (a locked run directory, a diverged loss)."""
+
+
+# What the code raises on purpose about bad input: files, configs, data, runs. Real bugs raise other types.
+USER_ERRORS = (ConfigError, RunError, ValueError, OSError, UnicodeDecodeError)
+
+
+def cli(main):
+    """Run main(); an error about the user's input becomes one line on stderr and exit status 1
+    (GIVA_TRACEBACK=1 shows the traceback as well)."""
+    try:
+        main()
+    except USER_ERRORS as e:
+        if os.environ.get("GIVA_TRACEBACK"):
+            raise
+        sys.exit(f"error: {e}")
 
 
 # ---- what train.py and eval.py derive from an experiment ----

@@ -31,7 +31,6 @@ import fcntl
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -42,16 +41,16 @@ from tqdm import tqdm
 import giva
 from data.safetensors_io import atomic_file
 from data.tasks import build_task
-from experiment import ConfigError, ensure_inputs, load_experiment, runtime
+from experiment import ConfigError, RunError, cli, ensure_inputs, load_experiment, runtime
 from models import load_model
 from models.packaged_checkpoint import resolve_checkpoint_path
 
 
-class RunLocked(RuntimeError):
+class RunLocked(RunError):
     pass
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunError):
     pass
 
 
@@ -466,7 +465,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, TrainingDiverged, RunLocked, FileExistsError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    cli(main)

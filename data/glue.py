@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.text_files import read_text
+
 
 @dataclass(frozen=True)
 class Example:
@@ -69,7 +71,7 @@ def _label(task: GlueTask, raw, where: str) -> int | float:
 
 
 def _read_tsv(task: GlueTask, file: Path) -> list[Example]:
-    lines = file.read_text(encoding="utf-8-sig").split("\n")
+    lines = read_text(file, "GLUE TSV", encoding="utf-8-sig").split("\n")
     lines = [line.removesuffix("\r") for line in lines]
     if lines and lines[-1] == "":
         lines.pop()
@@ -99,7 +101,7 @@ def _read_tsv(task: GlueTask, file: Path) -> list[Example]:
 
 def _read_jsonl(task: GlueTask, file: Path) -> list[Example]:
     examples = []
-    for i, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(read_text(file, "GLUE JSONL").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -117,7 +119,10 @@ def read_glue(name: str, file) -> list[Example]:
     task, file = glue_task(name), Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: GLUE {name} file not found")
-    return _read_jsonl(task, file) if file.suffix == ".jsonl" else _read_tsv(task, file)
+    examples = _read_jsonl(task, file) if file.suffix == ".jsonl" else _read_tsv(task, file)
+    if not examples:
+        raise ValueError(f"{file}: no GLUE {name} examples in the file (it is empty or holds only a header)")
+    return examples
 
 
 def glue_file(root, name: str, split: str = "dev") -> Path:

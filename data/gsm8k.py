@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.collate import special_ids
+from data.text_files import read_text
 
 PROMPT = "Q: {query}\nA: "
 
@@ -47,18 +48,17 @@ def read_problems(path) -> list[Problem]:
     """Every line of a GSM8K-format JSONL; a malformed line is an error naming the file and line."""
     path = Path(path)
     problems = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                question, answer = record["question"], record["answer"]
-                if not isinstance(question, str) or not isinstance(answer, str):
-                    raise ValueError("'question' and 'answer' must be strings")
-                problems.append(Problem(question, answer, parse_gold(answer)))
-            except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
-                raise ValueError(f"{path}, line {line_no}: malformed GSM8K record ({type(e).__name__}: {e})") from None
+    for line_no, line in enumerate(read_text(path, "GSM8K").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            question, answer = record["question"], record["answer"]
+            if not isinstance(question, str) or not isinstance(answer, str):
+                raise ValueError("'question' and 'answer' must be strings")
+            problems.append(Problem(question, answer, parse_gold(answer)))
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{path}, line {line_no}: malformed GSM8K record ({type(e).__name__}: {e})") from None
     return problems
 
 

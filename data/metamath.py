@@ -17,6 +17,7 @@ import torch
 from data.collate import build_example, special_ids
 from data.gsm8k import prompt
 from data.safetensors_io import load_safetensors, save_safetensors
+from data.text_files import read_text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
                    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -44,9 +45,7 @@ def read_gsm_rows(path) -> list[dict]:
     """The GSM-type records of a MetaMathQA JSON file, in file order; errors name the file and record."""
     path = Path(path)
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: MetaMathQA file not found") from None
+        records = json.loads(read_text(path, "MetaMathQA"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(records, list):

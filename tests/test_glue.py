@@ -60,3 +60,15 @@ def test_glue_tsv_with_string_labels_and_errors(tmp_path):
         read_glue("rte", rte)
     with pytest.raises(ValueError, match="unknown GLUE task 'mnli'"):
         read_glue("mnli", rte)
+
+
+def test_unreadable_and_empty_files_name_the_file(tmp_path):
+    """Non-UTF-8 bytes and a header-only file: a ValueError naming the file (and the line), not a
+    UnicodeDecodeError or an empty training set found only by the probe."""
+    bad = tmp_path / "train.tsv"
+    bad.write_bytes(b"sentence\tlabel\ngood\t1\nbad \xff\xfe bytes\t0\n")
+    with pytest.raises(ValueError, match=r"train.tsv, line 3 \(byte \d+\): not UTF-8"):
+        read_glue("sst2", bad)
+    bad.write_text("sentence\tlabel\n")
+    with pytest.raises(ValueError, match="train.tsv: no GLUE sst2 examples"):
+        read_glue("sst2", bad)

@@ -169,3 +169,12 @@ def test_label_boundary_on_the_real_olmo2_tokenizer(shared_data, tmp_path):
         else:  # e.g. a response starting with a digit: the boundary falls between tokens
             assert official == prefix and tok.decode(ids[1:prefix]) == text
     assert merged > 40
+
+
+def test_non_utf8_files_name_the_file_and_line(tmp_path):
+    (tmp_path / "m.json").write_bytes(b'[{"type": "GSM_AnsAug", "query": "caf\xe9", "response": "x"}]')
+    with pytest.raises(ValueError, match=r"m.json, line 1 \(byte \d+\): not UTF-8"):
+        read_gsm_rows(tmp_path / "m.json")
+    (tmp_path / "g.jsonl").write_bytes(b'{"question": "q", "answer": "#### 1"}\n{"question": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"g.jsonl, line 2 \(byte \d+\): not UTF-8"):
+        read_problems(tmp_path / "g.jsonl")
