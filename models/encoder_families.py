@@ -10,7 +10,7 @@ weights, zero biases, from the global RNG.
 import torch
 
 from .encoder import Encoder, EncoderConfig
-from .families import Family
+from .families import Family, check_heads
 
 _BODY = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
          "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias",
@@ -34,6 +34,7 @@ def _common(c: dict, path) -> dict:
     if c.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{path}: position_embedding_type {c['position_embedding_type']!r} is not supported "
                          "(only 'absolute')")
+    check_heads(c, path)
     try:
         return dict(vocab_size=c["vocab_size"], dim=c["hidden_size"], n_layers=c["num_hidden_layers"],
                     n_heads=c["num_attention_heads"], hidden_dim=c["intermediate_size"],

@@ -62,6 +62,26 @@ def _field(raw, name, file, default=None, required=False):
     return default
 
 
+def _size(raw, name, file, default=None, required=False) -> int:
+    """A config.json size field: a positive integer, or an error naming the file and key."""
+    value = _field(raw, name, file, default, required)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{file}: '{name}' must be a positive integer, got {value!r}")
+    return value
+
+
+def check_heads(raw, file, dim_key="hidden_size", heads_key="num_attention_heads"):
+    """Every size field of an encoder's or ViT's config.json present in `raw` is a positive integer, and the
+    width splits evenly into heads; errors name the file and key."""
+    for name in ("vocab_size", dim_key, "num_hidden_layers", heads_key, "intermediate_size",
+                 "max_position_embeddings", "image_size", "patch_size", "num_channels"):
+        if name in raw:
+            _size(raw, name, file)
+    if dim_key in raw and heads_key in raw and raw[dim_key] % raw[heads_key]:
+        raise ValueError(f"{file}: '{dim_key}' ({raw[dim_key]}) is not a multiple of '{heads_key}' "
+                         f"({raw[heads_key]})")
+
+
 def _rope(raw, file):
     """(rope_theta, rope_scaling, partial_rotary_factor) from either config.json layout:
     transformers 4 (`rope_theta`, `rope_scaling`) or 5 (`rope_parameters`)."""
@@ -87,9 +107,16 @@ def decoder_config(raw: dict, file, facts: DecoderFacts) -> DecoderConfig:
     act = raw.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"{file}: unsupported hidden_act {act!r} (the decoder's MLP is SwiGLU)")
-    n_heads = _field(raw, "num_attention_heads", file, required=True)
-    dim = _field(raw, "hidden_size", file, required=True)
-    n_layers = _field(raw, "num_hidden_layers", file, required=True)
+    n_heads = _size(raw, "num_attention_heads", file, required=True)
+    dim = _size(raw, "hidden_size", file, required=True)
+    n_layers = _size(raw, "num_hidden_layers", file, required=True)
+    n_kv_heads = _size(raw, "num_key_value_heads", file, default=n_heads)
+    if n_heads % n_kv_heads:
+        raise ValueError(f"{file}: 'num_attention_heads' ({n_heads}) must be a multiple of "
+                         f"'num_key_value_heads' ({n_kv_heads})")
+    if "head_dim" not in raw and dim % n_heads:
+        raise ValueError(f"{file}: 'hidden_size' ({dim}) is not a multiple of 'num_attention_heads' ({n_heads}) "
+                         f"and there is no 'head_dim'")
     theta, scaling, partial = _rope(raw, file)
     attention_bias = bool(raw.get("attention_bias", False))
     if facts.sliding_window == "config":
@@ -112,18 +139,18 @@ def decoder_config(raw: dict, file, facts: DecoderFacts) -> DecoderConfig:
     if layer_types and (layer_types == {"sliding_attention"}) != (window is not None):
         raise ValueError(f"{file}: layer_types {sorted(layer_types)} contradict sliding_window={window}")
     return DecoderConfig(
-        vocab_size=_field(raw, "vocab_size", file, required=True),
+        vocab_size=_size(raw, "vocab_size", file, required=True),
         dim=dim,
         n_layers=n_layers,
         n_heads=n_heads,
-        n_kv_heads=_field(raw, "num_key_value_heads", file, default=n_heads),
-        head_dim=_field(raw, "head_dim", file, default=dim // n_heads),
-        hidden_dim=_field(raw, "intermediate_size", file, required=True),
+        n_kv_heads=n_kv_heads,
+        head_dim=_size(raw, "head_dim", file, default=dim // n_heads),
+        hidden_dim=_size(raw, "intermediate_size", file, required=True),
         norm_eps=float(_field(raw, "rms_norm_eps", file, default=1e-6)),
         rope_theta=theta,
         rope_scaling=scaling,
         partial_rotary_factor=partial,
-        max_seq_len=_field(raw, "max_position_embeddings", file, default=4096),
+        max_seq_len=_size(raw, "max_position_embeddings", file, default=4096),
         qkv_bias=facts.bias == "qkv" or (facts.bias == "attention_bias" and attention_bias),
         o_bias=facts.bias == "attention_bias" and attention_bias,
         mlp_bias=bool(raw.get("mlp_bias", False)),

@@ -16,7 +16,7 @@ zero biases; from the global RNG.
 """
 import torch
 
-from .families import Family
+from .families import Family, check_heads
 from .vit import ViT, ViTConfig
 
 # transformers' defaults for the fields config.json may omit
@@ -35,6 +35,7 @@ def _with_defaults(raw: dict, defaults: dict) -> dict:
 
 def dinov2_config(raw: dict, file) -> ViTConfig:
     c = _with_defaults(raw, DINOV2_DEFAULTS)
+    check_heads(c, file)
     if c["use_swiglu_ffn"]:
         raise ValueError(f"{file}: use_swiglu_ffn=true (DINOv2-giant's SwiGLU MLP) is not supported")
     if c["drop_path_rate"]:
@@ -62,6 +63,7 @@ def dinov2_config_json(cfg: ViTConfig) -> dict:
 
 def clip_vision_config(raw: dict, file) -> ViTConfig:
     c = _with_defaults(raw, CLIP_VISION_DEFAULTS)
+    check_heads(c, file)
     if c["hidden_act"] not in ("quick_gelu", "gelu"):
         raise ValueError(f"{file}: unsupported hidden_act {c['hidden_act']!r} for CLIP (quick_gelu or gelu)")
     return ViTConfig(layout="clip", dim=c["hidden_size"], n_layers=c["num_hidden_layers"],

@@ -1,5 +1,6 @@
 """Every bad checkpoint is a clear error that names the file and the key or field at fault."""
 import json
+import re
 import shutil
 
 import pytest
@@ -194,3 +195,24 @@ def test_stored_rotary_inv_freq_is_ignored(ckpt):
                                             for i in range(2)}))
     with torch.no_grad():
         torch.testing.assert_close(load_model(ckpt)(torch.arange(10)[None]), reference, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family, key, value, words", [
+    ("llama", "num_attention_heads", 0, "'num_attention_heads' must be a positive integer"),
+    ("llama", "num_key_value_heads", 0, "'num_key_value_heads' must be a positive integer"),
+    ("llama", "num_key_value_heads", 3, "must be a multiple of 'num_key_value_heads' (3)"),
+    ("llama", "intermediate_size", -8, "'intermediate_size' must be a positive integer"),
+    ("llama", "max_position_embeddings", 0, "'max_position_embeddings' must be a positive integer"),
+    ("qwen2", "hidden_size", 2.5, "'hidden_size' must be a positive integer"),
+    ("dinov2", "num_attention_heads", 0, "'num_attention_heads' must be a positive integer"),
+    ("dinov2", "patch_size", -1, "'patch_size' must be a positive integer"),
+])
+def test_config_json_values_are_checked(tmp_path, family, key, value, words):
+    """Sizes that cannot work are a ValueError naming config.json and the key, before any tensor is read."""
+    ckpt = write_random_checkpoint(tmp_path / "c", family=family)
+    raw = json.loads((ckpt / "config.json").read_text())
+    raw[key] = value
+    (ckpt / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=re.escape(words)) as e:
+        load_model(ckpt)
+    assert "config.json" in str(e.value)
