@@ -164,6 +164,18 @@ def read_merges_txt(path: Path) -> list[tuple[str, str]]:
     return [(a, b) for a, b in pairs]
 
 
+def check_vocab_merges(path: Path, vocab: dict, merges: list[tuple[str, str]]):
+    """As HF's tokenizers checks at load time: integer ids, and every merge's two symbols and its result are
+    tokens of the vocabulary (otherwise the mistake would only show at encode time, or never)."""
+    bad = next((t for t, i in vocab.items() if isinstance(i, bool) or not isinstance(i, int)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: token {bad!r} has id {vocab[bad]!r}; ids must be integers")
+    for n, (a, b) in enumerate(merges):
+        missing = [t for t in (a, b, a + b) if t not in vocab]
+        if missing:
+            raise ValueError(f"{path}: merge {n} ({a!r} {b!r}) uses {missing[0]!r}, which is not in the vocabulary")
+
+
 def read_vocab_json(path: Path) -> dict[str, int]:
     vocab = read_json(path)
     if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
@@ -174,7 +186,9 @@ def read_vocab_json(path: Path) -> dict[str, int]:
 def bpe_from_vocab_merges(vocab_path: Path, merges_path: Path, flavour: str, added_tokens: list[AddedToken],
                           prefix_space: bool = False) -> ByteLevelBPETokenizer:
     """vocab.json + merges.txt with the pre-tokeniser and normaliser of a known flavour ("gpt2", "qwen2")."""
-    return ByteLevelBPETokenizer(read_vocab_json(vocab_path), read_merges_txt(merges_path),
+    vocab, merges = read_vocab_json(vocab_path), read_merges_txt(merges_path)
+    check_vocab_merges(merges_path, vocab, merges)
+    return ByteLevelBPETokenizer(vocab, merges,
                                  [(PRETOKENIZE[flavour], "matches")], added_tokens,
                                  normalization=NORMALIZATION[flavour], prefix_space=prefix_space)
 
@@ -197,6 +211,7 @@ def bpe_from_tokenizer_json(path: Path, spec: dict, added_tokens: list[AddedToke
         if not isinstance(pair, list) or len(pair) != 2:
             raise ValueError(f"{path}: model.merges[{n}] is not a pair: {m!r}")
         merges.append((pair[0], pair[1]))
+    check_vocab_merges(path, vocab, merges)
     decoder = spec.get("decoder")
     if decoder is not None and decoder.get("type") != "ByteLevel":
         raise ValueError(f"{path}: decoder type {decoder.get('type')!r} is not ByteLevel")
@@ -248,6 +263,10 @@ def _parse_pretokenizer(path: Path, spec: dict | None) -> tuple[list[tuple[str, 
                 keep = "matches" if invert else "gaps"
             else:
                 raise ValueError(f"{path}: Split behavior {behavior!r} is not supported (Removed, Isolated)")
+            try:
+                regex.compile(source)
+            except regex.error as e:
+                raise ValueError(f"{path}: pre_tokenizer Split regex {source!r} does not compile ({e})") from None
             splits.append((source, keep))
         else:
             raise ValueError(f"{path}: pre_tokenizer type {kind!r} is not supported (Split, ByteLevel)")

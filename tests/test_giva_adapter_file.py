@@ -122,3 +122,11 @@ def test_an_adapter_is_bound_to_its_base_model(method, tmp_path):
         load_adapter(other, tmp_path / "a.safetensors")
     load_adapter(ToyLM(), tmp_path / "a.safetensors", allow_other_base=True)
     load_adapter(copy.deepcopy(pristine).to(torch.bfloat16), tmp_path / "a.safetensors")
+
+
+def test_adapter_metadata_that_is_not_json_names_the_file(tmp_path):
+    from data.safetensors_io import save_safetensors
+    save_safetensors(tmp_path / "a.safetensors", {"x": torch.zeros(1)},
+                     {"format": "giva-adapter/1", "adapter_config": "{not json"})
+    with pytest.raises(ValueError, match="a.safetensors: adapter_config metadata is not JSON"):
+        load_adapter(ToyLM(), tmp_path / "a.safetensors")

@@ -350,3 +350,26 @@ def test_not_a_directory_and_bad_ids_are_clear_errors(tmp_path):
         tok.decode([1, 259])
     with pytest.raises(ValueError, match="token id -1 is out of range"):
         tok.decode([-1])
+
+
+def _tokenizer_json(path, vocab, merges, split_regex=r"\s+"):
+    spec = {"model": {"type": "BPE", "vocab": vocab, "merges": merges},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": split_regex}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]},
+            "decoder": {"type": "ByteLevel"}, "added_tokens": []}
+    (path / "tokenizer.json").write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize("vocab, merges, split_regex, words", [
+    ({"a": "0", "b": 1}, [], r"\s+", "token 'a' has id '0'; ids must be integers"),
+    ({"a": 0, "b": 1}, ["a b"], r"\s+", "merge 0 ('a' 'b') uses 'ab', which is not in the vocabulary"),
+    ({"a": 0, "ab": 1}, ["a b"], r"\s+", "merge 0 ('a' 'b') uses 'b'"),
+    ({"a": 0, "b": 1}, [], r"(\s+", "Split regex '(\\\\s+' does not compile"),
+])
+def test_bad_tokenizer_json_is_refused_at_load_naming_the_file(tmp_path, vocab, merges, split_regex, words):
+    """What HF's tokenizers refuses when it loads the file, ours refuses then too (not at encode time)."""
+    _tokenizer_json(tmp_path, vocab, merges, split_regex)
+    with pytest.raises(ValueError, match="tokenizer.json: ") as e:
+        load_tokenizer(tmp_path)
+    assert words in str(e.value)
