@@ -26,6 +26,7 @@ The run directory out_dir/name/ holds (every file written atomically):
 (train.seed, epoch), so a resumed run reaches exactly the vectors of an uninterrupted one (bitwise on CPU).
 """
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -44,6 +45,8 @@ from data.tasks import build_task
 from experiment import ConfigError, RunError, cli, ensure_inputs, load_experiment, runtime
 from models import load_model
 from models.packaged_checkpoint import resolve_checkpoint_path
+
+REPO = Path(__file__).resolve().parent  # configs/ lives here
 
 
 class RunLocked(RunError):
@@ -82,6 +85,15 @@ def speed_options(model, t):
         model.compile_blocks()
     if hasattr(model, "loss_chunk"):
         model.loss_chunk = t.loss_chunk
+
+
+@contextlib.contextmanager
+def phase(what: str):
+    """Print `what`, then its time once done: loading a 7B model, its probe and its SVD bases take minutes."""
+    print(f"{what} ...", flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"{what}: {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def probe_batches(exp, task):
@@ -288,17 +300,24 @@ def validation_loss(model, task, device, autocast, t) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    configs = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=(
+        "configs: " + ", ".join(configs) + ". Every key and its default: python train.py CONFIG --print-config; "
+        "experiment.py documents them."))
     parser.add_argument("config")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (parsed as YAML); repeatable")
     parser.add_argument("--dry-run", action="store_true", help="build on the meta device and print parameter counts")
     parser.add_argument("--resume", action="store_true", help="continue the run in out_dir/name from state.pt")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key, defaults and --set applied) and exit")
     args = parser.parse_args(argv)
 
     # 1. Config.
     exp = load_experiment(args.config, args.set)
     acfg, t = exp.adapter, exp.train
+    if args.print_config:
+        return print(yaml.safe_dump(exp.to_dict(), sort_keys=False), end="")
     if args.dry_run:
         return dry_run(exp)
     run, resuming = prepare_run_dir(exp, args.resume)
@@ -308,11 +327,13 @@ def main(argv=None):
     #    family come from its config.json).
     ensure_inputs(exp)
     path = resolve_checkpoint_path(exp.model.path)
-    task = build_task(exp, path)
+    with phase(f"data: {exp.data.task}"):
+        task = build_task(exp, path)
     if t.select_by == "val_metric" and not hasattr(task, "evaluate"):
         raise ConfigError(f"train.select_by=val_metric: task {exp.data.task!r} has no metric; use val_loss")
     torch.manual_seed(t.seed)  # a fresh classification head draws its initial weights here
-    model = load_model(path, dtype, device, num_labels=getattr(task, "num_labels", None)).train()
+    with phase(f"model: {path} ({dtype}, {device})"):
+        model = load_model(path, dtype, device, num_labels=getattr(task, "num_labels", None)).train()
 
     if resuming:  # the bases and initial tensors come back from the adapter file instead of 3-5
         giva.load_adapter(model, run / "adapter.safetensors")
@@ -321,12 +342,14 @@ def main(argv=None):
         grads = None
         if giva.needs_gradient(acfg):
             indices, batches = probe_batches(exp, task)
-            grads = giva.estimate_gradients(model, [to_device(b, device) for b in batches], probe_loss(autocast),
-                                            targets=acfg.targets, offload_to_cpu=exp.probe.offload_to_cpu)
+            with phase(f"probe: first-step gradients over {len(batches)} micro-batches"):
+                grads = giva.estimate_gradients(model, [to_device(b, device) for b in batches], probe_loss(autocast),
+                                                targets=acfg.targets, offload_to_cpu=exp.probe.offload_to_cpu)
             with atomic_file(run / "probe.json", "w") as f:
                 json.dump({"example_indices": indices, "seed": exp.probe.seed, "micro_batches": len(batches)}, f)
         # 4. Bases: GiVA's seeded SVD of each gradient (freed as it goes), OSoRA's SVD of W0; none for the rest.
-        bases = giva.compute_bases(model, acfg, grads)
+        with phase(f"bases: {acfg.method}"):
+            bases = giva.compute_bases(model, acfg, grads)
         # 5. Inject: wrap every target, freeze everything but the adapter (and adapter.modules_to_save).
         giva.apply_adapters(model, acfg, bases)
         del grads, bases
@@ -461,6 +484,10 @@ def main(argv=None):
     with atomic_file(run / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps(summary))
+    changes = [f"{k[:-7]} {summary[k]:.4g} -> {summary[k[:-7] + '_after']:.4g}" for k in summary
+               if k.endswith("_before") and isinstance(summary[k], float) and k[:-7] + "_after" in summary]
+    print(f"saved in {run}: best val loss {summary['best_val_loss']:.4f} at step {summary['best_step']}"
+          + "".join(f"; {c}" for c in changes), flush=True)
     return summary
 
 

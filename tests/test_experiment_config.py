@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from experiment import ConfigError, experiment_from_dict, load_experiment
 
@@ -74,3 +75,13 @@ def test_bad_file_names_the_file(tmp_path):
         experiment_from_dict({"train": [1, 2]})
     with pytest.raises(ConfigError, match="unknown key 'data.n_trian'.*did you mean 'data.n_train'"):
         experiment_from_dict({"data": {"n_trian": 5}}, source="x.yaml")
+
+
+def test_train_py_prints_the_resolved_config_and_lists_configs(capsys):
+    import train
+    train.main([str(REPO / "configs/tiny_math.yaml"), "--set", "train.lr=0.5", "--print-config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["lr"] == 0.5 and printed["train"]["micro_batch_tokens"] == 0  # defaults shown too
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    assert "configs/olmo2_metamath.yaml" in capsys.readouterr().out
