@@ -35,7 +35,7 @@ from models import load_model
 from models.generate import generate
 from models.packaged_checkpoint import resolve_checkpoint_path
 
-DEFAULT_CONFIG = "configs/olmo2_metamath.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs/olmo2_metamath.yaml"
 
 
 def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device, num_labels=None,

@@ -154,8 +154,23 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+PATH_FIELDS = (("model", "path"), ("data", "path"), ("data", "cache_dir"), ("eval", "path"), ("train", "out_dir"))
+
+
+def resolve_paths(exp: Experiment, base: Path) -> Experiment:
+    """The one rule for paths: a relative path in a config (or a --set) is relative to the working directory
+    `base` of the command that reads it, resolved once here, so the run's saved config.yaml holds absolute
+    paths and eval.py finds the same files from any folder. `package:<module>` paths stay as they are."""
+    for section, key in PATH_FIELDS:
+        value = getattr(getattr(exp, section), key)
+        if value and not str(value).startswith("package:") and not Path(value).is_absolute():
+            setattr(getattr(exp, section), key, str((base / value).resolve()))
+    return exp
+
+
 def load_experiment(path, overrides=()) -> Experiment:
-    """Read a YAML experiment file, apply `section.key=value` overrides, check every value."""
+    """Read a YAML experiment file, apply `section.key=value` overrides, check every value, and resolve its
+    relative paths against the working directory (resolve_paths)."""
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(), Loader=_StrictLoader)
@@ -163,7 +178,7 @@ def load_experiment(path, overrides=()) -> Experiment:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return experiment_from_dict(raw or {}, overrides, source=str(path))
+    return resolve_paths(experiment_from_dict(raw or {}, overrides, source=str(path)), Path.cwd())
 
 
 def experiment_from_dict(raw: dict, overrides=(), source="config") -> Experiment:

@@ -62,7 +62,9 @@ class TrainingDiverged(RunError):
 def dry_run(exp):
     """Build on the meta device from config.json alone, inject, print the table and a JSON line last.
     A task head (adapter.modules_to_save) is sized by the data, so it is left out here; the paper's counts
-    leave it out too."""
+    leave it out too. A smoke config's random checkpoint is written first, as a real run would."""
+    if exp.model.random_init is not None:
+        ensure_inputs(exp)
     model = load_model(exp.model.path, device="meta")
     acfg = dataclasses.replace(exp.adapter, modules_to_save=[])
     giva.apply_adapters(model, acfg)

@@ -16,7 +16,17 @@ def test_paper_config_loads_with_the_paper_settings():
     t = exp.train
     assert (t.batch_size, t.epochs, t.schedule, t.warmup_ratio, t.val_per_epoch) == (32, 1, "cosine", 0.03, 10)
     assert exp.data.max_tokens == 1024 and exp.probe.micro_batches == 0
-    assert exp.eval.max_new_tokens == 256 and exp.run_dir() == Path("runs/olmo2_metamath")
+    assert exp.eval.max_new_tokens == 256 and exp.run_dir() == Path.cwd() / "runs/olmo2_metamath"
+
+
+def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    """One rule: relative config paths (and --set ones) are the working directory's, made absolute once, so a
+    run's config.yaml names the same files whatever folder eval.py is started from; package: paths stay."""
+    monkeypatch.chdir(tmp_path)
+    exp = load_experiment(REPO / "configs/tiny_math.yaml", ["data.cache_dir=elsewhere/cache", "eval.path=/abs/g.jsonl"])
+    assert exp.model.path == str(tmp_path / ".cache/tiny_olmo2") and exp.train.out_dir == str(tmp_path / "runs")
+    assert exp.data.cache_dir == str(tmp_path / "elsewhere/cache") and exp.eval.path == "/abs/g.jsonl"
+    assert load_experiment(REPO / "configs/demo.yaml").model.path.startswith("package:")
 
 
 def test_tiny_config_loads():
