@@ -4,7 +4,7 @@ the Alpaca prompts, the 120-example validation hold-out, the eight test sets and
 A data file is a JSON array of {"instruction", "input", "output", "answer"} records: `commonsense_15k.json`
 for training, `<dataset>/test.json` per task for testing (the per-task `train.json` files share the format).
 
-    prompt  = ALPACA_PROMPT_INPUT or ALPACA_PROMPT_NO_INPUT filled with the record (input non-empty or not)
+    prompt  = data/alpaca.py's WITH_INPUT or NO_INPUT filled with the record (input non-empty or not)
     train   : prompt + output, the loss on the response and EOS only, 512 tokens (data/collate.py)
     test    : [BOS] + prompt; beam 4, 32 new tokens (the caller generates)
     predict : the FIRST match of the task's regex in the stripped generation, "" when none
@@ -21,15 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data import alpaca
 from data.collate import build_example, special_ids
-
-ALPACA_PROMPT_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n")
 
 FIELDS = ("instruction", "input", "output", "answer")
 
@@ -87,10 +80,11 @@ def read_records(path) -> list[Record]:
 
 
 def prompt(record: Record) -> str:
-    """The Alpaca prompt of a record, with its input section only when the input is non-empty."""
+    """The Alpaca prompt of a record, with its input section only when the input is non-empty (methods.md 8;
+    alpaca.prompt would also drop a whitespace-only input, which no LLM-Adapters record has)."""
     if record.input:
-        return ALPACA_PROMPT_INPUT.format(instruction=record.instruction, input=record.input)
-    return ALPACA_PROMPT_NO_INPUT.format(instruction=record.instruction)
+        return alpaca.WITH_INPUT.format(instruction=record.instruction, input=record.input)
+    return alpaca.NO_INPUT.format(instruction=record.instruction)
 
 
 def split_train_val(records: list, n_val: int = 120, seed: int = 42) -> tuple[list, list]:
