@@ -108,9 +108,11 @@ def training_examples(tok, records: list[Record], max_tokens: int = 512, boundar
 
 
 def train_val_examples(path, tok, *, n_val: int = 120, seed: int = 42, max_tokens: int = 512,
-                       boundary: str = "official"):
-    """The training file -> (train, val) example lists for data/tasks.py's CausalLMTask."""
+                       boundary: str = "official", n_train: int | None = None):
+    """The training file -> (train, val) example lists for data/tasks.py's CausalLMTask; `n_train` keeps only
+    the first n_train training records (in permutation order; None: all), so a smoke run tokenises few."""
     train, val = split_train_val(read_records(path), n_val, seed)
+    train = train if n_train is None else train[:n_train]
     return training_examples(tok, train, max_tokens, boundary), training_examples(tok, val, max_tokens, boundary)
 
 
@@ -155,3 +157,28 @@ def summarise(per_task: dict[str, dict]) -> dict:
     if not per_task:
         raise ValueError("no task metrics to summarise")
     return {"tasks": per_task, "average": sum(m["accuracy"] for m in per_task.values()) / len(per_task)}
+
+
+def run(generate, tok, path, limit=0, subtasks=()) -> tuple[list[dict], dict]:
+    """Score `generate` on the test sets of `subtasks` (default: all eight) under the folder `path`
+    (data/benchmarks.py): the first `limit` records of each task (0: all), every prompt in one `generate`
+    call so eval.py batches them by length across tasks. Every test file is read before anything is generated,
+    so a missing one fails at once, naming its task."""
+    names = list(subtasks) or list(TASKS)
+    if len(set(names)) != len(names):
+        raise ValueError(f"commonsense: a task is named twice in --tasks {','.join(names)}")
+    test_sets = {}
+    for name in names:
+        try:
+            records = read_test_set(path, name)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"commonsense task {name!r}: no test file "
+                                    f"{Path(path) / TASKS[name].directory / 'test.json'}") from None
+        test_sets[name] = records[:limit] if limit else records
+    prompts = [generation_prompt_ids(tok, r) for records in test_sets.values() for r in records]
+    generations = iter(generate(prompts))
+    rows, per_task = [], {}
+    for name, records in test_sets.items():
+        task_rows, per_task[name] = score_task(name, records, [next(generations) for _ in records])
+        rows += task_rows
+    return rows, summarise(per_task)
