@@ -173,7 +173,8 @@ def run(generate, tok, path, limit=0, subtasks=()) -> tuple[list[dict], dict]:
             records = read_test_set(path, name)
         except FileNotFoundError:
             raise FileNotFoundError(f"commonsense task {name!r}: no test file "
-                                    f"{Path(path) / TASKS[name].directory / 'test.json'}") from None
+                                    f"{Path(path) / TASKS[name].directory / 'test.json'} (`python -m data.fetch "
+                                    f"commonsense_eval` writes all eight under data_files/commonsense)") from None
         test_sets[name] = records[:limit] if limit else records
     prompts = [generation_prompt_ids(tok, r) for records in test_sets.values() for r in records]
     generations = iter(generate(prompts))
