@@ -5,6 +5,7 @@ set (and test set, where the task has one).
     python eval.py --task gsm8k                             # the run configs/olmo2_metamath.yaml produces
     python eval.py --task gsm8k --run runs/tiny_math        # base + that run's adapter (best val loss), merged
     python eval.py --task gsm8k --model DIR                 # a bare publisher checkpoint
+    python eval.py --task commonsense --run runs/tiny_commonsense --tasks boolq,piqa --limit 8   # some of the 8 tasks
     python eval.py --run runs/demo --checkpoint last        # a classification run: its task's validation metrics
     python eval.py --run runs/dinov2_base_cifar100          # an image run: validation and test accuracy
     options: --limit N (first N problems), --tasks a,b (a benchmark's parts), --batch-size B,

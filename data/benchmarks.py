@@ -15,6 +15,7 @@ Data modules stay free of models/ and giva/: generation reaches them only as the
 from dataclasses import dataclass
 from typing import Callable
 
+from data import commonsense
 from data import gsm8k
 
 
@@ -26,4 +27,6 @@ class Benchmark:
 
 BENCHMARKS = {
     "gsm8k": Benchmark(gsm8k.run, {"path": "../shared/data/gsm8k/test.jsonl", "max_new_tokens": 256, "num_beams": 1}),
+    "commonsense": Benchmark(commonsense.run, {"path": "../shared/data/commonsense", "max_new_tokens": 32,
+                                               "num_beams": 4}),
 }

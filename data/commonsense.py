@@ -4,7 +4,7 @@ the Alpaca prompts, the 120-example validation hold-out, the eight test sets and
 A data file is a JSON array of {"instruction", "input", "output", "answer"} records: `commonsense_15k.json`
 for training, `<dataset>/test.json` per task for testing (the per-task `train.json` files share the format).
 
-    prompt  = ALPACA_PROMPT_INPUT or ALPACA_PROMPT_NO_INPUT filled with the record (input non-empty or not)
+    prompt  = data/alpaca.py's WITH_INPUT or NO_INPUT filled with the record (input non-empty or not)
     train   : prompt + output, the loss on the response and EOS only, 512 tokens (data/collate.py)
     test    : [BOS] + prompt; beam 4, 32 new tokens (the caller generates)
     predict : the FIRST match of the task's regex in the stripped generation, "" when none
@@ -21,15 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data import alpaca
 from data.collate import build_example, special_ids
-
-ALPACA_PROMPT_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n")
 
 FIELDS = ("instruction", "input", "output", "answer")
 
@@ -87,10 +80,11 @@ def read_records(path) -> list[Record]:
 
 
 def prompt(record: Record) -> str:
-    """The Alpaca prompt of a record, with its input section only when the input is non-empty."""
+    """The Alpaca prompt of a record, with its input section only when the input is non-empty (methods.md 8;
+    alpaca.prompt would also drop a whitespace-only input, which no LLM-Adapters record has)."""
     if record.input:
-        return ALPACA_PROMPT_INPUT.format(instruction=record.instruction, input=record.input)
-    return ALPACA_PROMPT_NO_INPUT.format(instruction=record.instruction)
+        return alpaca.WITH_INPUT.format(instruction=record.instruction, input=record.input)
+    return alpaca.NO_INPUT.format(instruction=record.instruction)
 
 
 def split_train_val(records: list, n_val: int = 120, seed: int = 42) -> tuple[list, list]:
@@ -114,9 +108,11 @@ def training_examples(tok, records: list[Record], max_tokens: int = 512, boundar
 
 
 def train_val_examples(path, tok, *, n_val: int = 120, seed: int = 42, max_tokens: int = 512,
-                       boundary: str = "official"):
-    """The training file -> (train, val) example lists for data/tasks.py's CausalLMTask."""
+                       boundary: str = "official", n_train: int | None = None):
+    """The training file -> (train, val) example lists for data/tasks.py's CausalLMTask; `n_train` keeps only
+    the first n_train training records (in permutation order; None: all), so a smoke run tokenises few."""
     train, val = split_train_val(read_records(path), n_val, seed)
+    train = train if n_train is None else train[:n_train]
     return training_examples(tok, train, max_tokens, boundary), training_examples(tok, val, max_tokens, boundary)
 
 
@@ -161,3 +157,29 @@ def summarise(per_task: dict[str, dict]) -> dict:
     if not per_task:
         raise ValueError("no task metrics to summarise")
     return {"tasks": per_task, "average": sum(m["accuracy"] for m in per_task.values()) / len(per_task)}
+
+
+def run(generate, tok, path, limit=0, subtasks=()) -> tuple[list[dict], dict]:
+    """Score `generate` on the test sets of `subtasks` (default: all eight) under the folder `path`
+    (data/benchmarks.py): the first `limit` records of each task (0: all), every prompt in one `generate`
+    call so eval.py batches them by length across tasks. Every test file is read before anything is generated,
+    so a missing one fails at once, naming its task."""
+    names = list(subtasks) or list(TASKS)
+    if len(set(names)) != len(names):
+        raise ValueError(f"commonsense: a task is named twice in --tasks {','.join(names)}")
+    test_sets = {}
+    for name in names:
+        try:
+            records = read_test_set(path, name)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"commonsense task {name!r}: no test file "
+                                    f"{Path(path) / TASKS[name].directory / 'test.json'} (`python -m data.fetch "
+                                    f"commonsense_eval` writes all eight under data_files/commonsense)") from None
+        test_sets[name] = records[:limit] if limit else records
+    prompts = [generation_prompt_ids(tok, r) for records in test_sets.values() for r in records]
+    generations = iter(generate(prompts))
+    rows, per_task = [], {}
+    for name, records in test_sets.items():
+        task_rows, per_task[name] = score_task(name, records, [next(generations) for _ in records])
+        rows += task_rows
+    return rows, summarise(per_task)

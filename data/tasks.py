@@ -17,6 +17,7 @@ from pathlib import Path
 
 from data.classification import ClassificationTask, build_demo_task, build_glue_task
 from data.collate import collate_left_padded, special_ids
+from data.commonsense import train_val_examples
 from data.glue import GLUE_TASKS
 from data.image_task import ImageClassificationTask
 from data.image_transforms import Preprocessing
@@ -46,6 +47,15 @@ def build_metamath(exp, tok, tokenizer_dir) -> CausalLMTask:
     return CausalLMTask(train, val, pad_id=special_ids(tok)[2])
 
 
+def build_commonsense(exp, tok, tokenizer_dir) -> CausalLMTask:
+    """Commonsense-15K (or any file of its records): n_val held out by HF's train_test_split(seed=shuffle_seed),
+    at most n_train of the rest."""
+    d = exp.data
+    train, val = train_val_examples(d.path, tok, n_val=d.n_val, seed=d.shuffle_seed, max_tokens=d.max_tokens,
+                                    boundary=d.label_boundary, n_train=d.n_train)
+    return CausalLMTask(train, val, pad_id=special_ids(tok)[2])
+
+
 def build_demo_sentiment(exp, tok, tokenizer_dir) -> ClassificationTask:
     d = exp.data
     return build_demo_task(tok, d.n_train, d.n_val, d.shuffle_seed, d.max_tokens)
@@ -69,7 +79,8 @@ def build_images(exp, tok, checkpoint_dir) -> ImageClassificationTask:
 
 
 TASKS = {"metamath": build_metamath, "demo_sentiment": build_demo_sentiment,
-         **{f"glue_{name}": _glue_builder(name) for name in GLUE_TASKS}, "images": build_images}
+         **{f"glue_{name}": _glue_builder(name) for name in GLUE_TASKS}, "images": build_images,
+         "commonsense": build_commonsense}
 TOKENIZER_FREE = {"images"}
 
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, shared_data_dir
 
 # bench/common.py, the benchmarks' shared helpers, loaded by path (bench/ is not a package; putting it on
 # sys.path would let bench/generate.py shadow other modules named generate)
@@ -34,6 +34,7 @@ SCRIPTS = {
     "probe": [],
     "generate": [],
     "vit_step": ["--no-ac"],
+    "commonsense_eval": [],
 }
 
 
@@ -114,6 +115,17 @@ def test_vit_step_smoke(runs):
     # full: HF's Dinov2Model also holds the mask token (hidden_size 32), which our ViT leaves out
     assert results["dinov2-tiny"]["full"]["hf"]["trainable"] - results["dinov2-tiny"]["full"]["trainable"] == 32
     assert results["clip-tiny"]["full"]["hf"]["trainable"] == results["clip-tiny"]["full"]["trainable"]
+
+
+def test_commonsense_eval_smoke(runs):
+    if not (shared_data_dir() / "commonsense").is_dir():
+        pytest.skip(f"{shared_data_dir()}/commonsense is absent: the script scores its real test sets")
+    rec = finished(runs, "commonsense_eval")
+    # two prompts of each test set there (HellaSwag's is not shipped), beam 4, at most 32 new tokens each
+    assert set(rec["tasks"]) >= {"boolq", "piqa", "siqa", "winogrande", "arc_e", "arc_c", "obqa"}
+    assert set(rec["tasks"].values()) == {2} and rec["prompts"] == 2 * len(rec["tasks"])
+    assert (rec["num_beams"], rec["max_new_tokens"]) == (4, 32)
+    assert 0 < rec["generation_s"] <= rec["total_s"] and 0 < rec["new_tokens_per_s"]
 
 
 @pytest.mark.parametrize("shape", sorted(common.SHAPES))

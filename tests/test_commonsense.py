@@ -227,3 +227,76 @@ def test_score_and_summary():
     assert summary["average"] == pytest.approx(0.75)  # unweighted over tasks, not over examples (3/5)
     with pytest.raises(ValueError, match="2 records and 1 generations"):
         score_task("boolq", boolq[:2], ["true"])
+
+
+# --- the benchmark (data/benchmarks.py "commonsense") ----------------------------------------------------
+
+
+def _test_folder(tmp_path, tasks):
+    """<tmp>/<task folder>/test.json for each of `tasks` ({name: [answers]}), records in the LLM-Adapters shape."""
+    for name, answers in tasks.items():
+        folder = tmp_path / TASKS[name].directory
+        folder.mkdir()
+        write_json(folder / "test.json", [{**RECORD, "instruction": f"{name} question {i}", "answer": a,
+                                           "output": f"the correct answer is {a}"} for i, a in enumerate(answers)])
+    return tmp_path
+
+
+def test_benchmark_runs_the_chosen_tasks_in_one_generate_call(tmp_path):
+    from data.benchmarks import BENCHMARKS
+    bench = BENCHMARKS["commonsense"]
+    assert bench.defaults == {"path": "../shared/data/commonsense", "max_new_tokens": 32, "num_beams": 4}
+    path = _test_folder(tmp_path, {"boolq": ["true", "false", "true"], "hellaswag": ["ending2", "ending4", "ending1"],
+                                   "piqa": ["solution1"]})
+    tok, calls = ByteTokenizer(), []
+
+    def generate(prompts):  # echoes the question's index: right for index 0 of each task only
+        calls.append(prompts)
+        texts = []
+        for ids in prompts:
+            text = tok.decode(ids[1:])
+            name = "boolq" if "boolq question" in text else "hellaswag"
+            texts.append({"boolq": "the correct answer is true false",
+                          "hellaswag": "ending2 or ending4"}[name] + (" " if "question 0" in text else " x"))
+        return texts
+
+    records, metrics = bench.run(generate, tok, str(path), 2, ("hellaswag", "boolq"))
+    assert len(calls) == 1 and len(calls[0]) == 4  # limit 2 per task, both tasks in one batch
+    expect_prompts = [generation_prompt_ids(tok, r) for name in ("hellaswag", "boolq")
+                      for r in read_test_set(path, name)[:2]]
+    assert calls[0] == expect_prompts
+    assert [(r["task"], r["index"], r["prediction"], r["answer"], r["correct"]) for r in records] == [
+        ("hellaswag", 0, "ending2", "ending2", True), ("hellaswag", 1, "ending2", "ending4", False),
+        ("boolq", 0, "true", "true", True), ("boolq", 1, "true", "false", False)]
+    assert records[0]["generation"] == "ending2 or ending4 "
+    assert metrics == {"tasks": {"hellaswag": {"accuracy": 0.5, "correct": 1, "total": 2},
+                                 "boolq": {"accuracy": 0.5, "correct": 1, "total": 2}}, "average": 0.5}
+
+
+def test_benchmark_errors_name_the_task(tmp_path):
+    from data.commonsense import run
+    path = _test_folder(tmp_path, {"boolq": ["true"]})
+    never = lambda prompts: pytest.fail("generate called before every test file was read")  # noqa: E731
+    with pytest.raises(FileNotFoundError, match=r"commonsense task 'piqa': no test file .*piqa/test\.json"):
+        run(never, ByteTokenizer(), str(path), 0, ("boolq", "piqa"))
+    with pytest.raises(FileNotFoundError, match="commonsense task 'piqa'"):
+        run(never, ByteTokenizer(), str(path), 0, ())  # default: all eight tasks
+    with pytest.raises(ValueError, match="unknown commonsense task 'mmlu'"):
+        run(never, ByteTokenizer(), str(path), 0, ("mmlu",))
+    with pytest.raises(ValueError, match="named twice"):
+        run(never, ByteTokenizer(), str(path), 0, ("boolq", "boolq"))
+
+
+def test_commonsense_training_task_through_tasks_py(tmp_path):
+    from data.tasks import TASKS as TRAINING_TASKS
+    from experiment import experiment_from_dict
+    path = write_json(tmp_path / "c15k.json", [{**RECORD, "instruction": f"question {i}"} for i in range(30)])
+    exp = experiment_from_dict({"data": {"task": "commonsense", "path": str(path), "n_val": 5, "n_train": 20,
+                                         "max_tokens": 512}, "adapter": {"targets": ["q_proj"]}})
+    task = TRAINING_TASKS["commonsense"](exp, ByteTokenizer(), None)
+    train, val = split_train_val(read_records(path), 5, 42)
+    assert len(task.train) == 20 and len(task.val) == 5
+    ids = lambda examples: [t[0].tolist() for t in examples]  # noqa: E731
+    assert ids(task.val) == ids(training_examples(ByteTokenizer(), val))
+    assert ids(task.train) == ids(training_examples(ByteTokenizer(), train[:20]))  # the first n_train of the rest
+    assert task.collate(task.train[:2])["input_ids"].shape[0] == 2
