@@ -12,16 +12,19 @@ tokenizer is None for the tasks in TOKENIZER_FREE; `build_task` reads it from th
                                   length into the same micro-batch (less padding, same gradient)
     set_epoch(epoch)              optional: called by train.py before each epoch's batches (augmentation)
     test                          optional: a held-out split eval.py scores as well (test_<metric>)
+    dev                           optional: the examples `train.py --sweep` picks the learning rate by (their
+                                  mean per-example loss at the end of training; without it, the best val_loss)
 """
 from pathlib import Path
 
+from data import alpaca_cleaned, code_feedback, mt_bench
 from data.classification import ClassificationTask, build_demo_task, build_glue_task
-from data.collate import collate_left_padded, special_ids
+from data.collate import build_example, collate_left_padded, special_ids
 from data.glue import GLUE_TASKS
 from data.image_task import ImageClassificationTask
 from data.image_transforms import Preprocessing
 from data.images import image_splits
-from data.metamath import load_splits
+from data.metamath import cached_splits, load_splits
 from data.tokenizer import load_tokenizer
 
 
@@ -44,6 +47,47 @@ def build_metamath(exp, tok, tokenizer_dir) -> CausalLMTask:
                              max_tokens=d.max_tokens, shuffle_seed=d.shuffle_seed, cache_dir=d.cache_dir,
                              boundary=d.label_boundary)
     return CausalLMTask(train, val, pad_id=special_ids(tok)[2])
+
+
+def build_code_feedback(exp, tok, tokenizer_dir) -> CausalLMTask:
+    """CodeFeedback-Filtered-Instruction in file order: rows [0, n_train) train, the next n_val validate (the
+    official split at 100,000 / 10,000), answers cut after their first fenced block (data/code_feedback.py)."""
+    d = exp.data
+    train_rows, val_rows = range(d.n_train), range(d.n_train, d.n_train + d.n_val)
+
+    def examples():
+        train, val = code_feedback.read_splits(d.path, train_rows, val_rows)
+        return [build_example(tok, p, o, d.max_tokens, d.label_boundary) for p, o in train + val]
+    train, val = cached_splits("code_feedback", d.path, tokenizer_dir, d.cache_dir, d.n_train, examples,
+                               n_val=d.n_val, max_tokens=d.max_tokens, boundary=d.label_boundary)
+    return CausalLMTask(train, val, pad_id=special_ids(tok)[2])
+
+
+def build_alpaca(exp, tok, tokenizer_dir) -> CausalLMTask:
+    """The first n_train records of alpaca-cleaned (all 51,760 in the paper), its templates, the first
+    max_tokens tokens kept (data/alpaca_cleaned.py). The official run has no validation and keeps the last
+    checkpoint; validation and `dev` here are the MT-Bench dev set of data.dev_path (the GPT-4 answers the
+    learning rate is picked by), so a config validating once, at the end, keeps the last checkpoint too.
+    The official right padding (pad = EOS, attention mask ids != EOS) gives the loss of this left-padded
+    collation: the masked final EOS is no key of any scored query (data/alpaca_cleaned.py)."""
+    d = exp.data
+    if not d.dev_path:
+        raise ValueError("data.task=alpaca needs data.dev_path: the MT-Bench folder (question.jsonl, "
+                         "reference_answer/gpt-4.jsonl) whose GPT-4 answers validate the run")
+
+    def examples():
+        records = alpaca_cleaned.read_records(d.path)
+        if len(records) < d.n_train:
+            raise ValueError(f"{d.path}: {len(records)} records, fewer than data.n_train = {d.n_train}")
+        return [alpaca_cleaned.example_ids(tok, r, d.max_tokens) for r in records[:d.n_train]]
+    train, _ = cached_splits("alpaca", d.path, tokenizer_dir, d.cache_dir, d.n_train, examples,
+                             max_tokens=d.max_tokens)
+    folder = Path(d.dev_path)
+    dev = [mt_bench.dev_example_ids(tok, p, o)
+           for p, o in mt_bench.read_dev_set(folder / "question.jsonl", folder / "reference_answer" / "gpt-4.jsonl")]
+    task = CausalLMTask(train, dev, pad_id=special_ids(tok)[2])
+    task.dev = dev
+    return task
 
 
 def build_demo_sentiment(exp, tok, tokenizer_dir) -> ClassificationTask:
@@ -69,7 +113,8 @@ def build_images(exp, tok, checkpoint_dir) -> ImageClassificationTask:
 
 
 TASKS = {"metamath": build_metamath, "demo_sentiment": build_demo_sentiment,
-         **{f"glue_{name}": _glue_builder(name) for name in GLUE_TASKS}, "images": build_images}
+         **{f"glue_{name}": _glue_builder(name) for name in GLUE_TASKS}, "images": build_images,
+         "code_feedback": build_code_feedback, "alpaca": build_alpaca}
 TOKENIZER_FREE = {"images"}
 
 
