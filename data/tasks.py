@@ -8,14 +8,15 @@ tokenizer is None for the tasks in TOKENIZER_FREE; `build_task` reads it from th
                                      and train.py divides by the optimizer batch's total number of targets
     num_labels                    optional: the size of the task head the model needs (classification)
     evaluate(model, examples)     optional -> dict of metrics, called before and after training
+    metric                        with evaluate: the key train.select_by=val_metric maximises (None: none)
     length(example)               optional -> its token count; train.py then groups examples of similar
                                   length into the same micro-batch (less padding, same gradient)
     set_epoch(epoch)              optional: called by train.py before each epoch's batches (augmentation)
     test                          optional: a held-out split eval.py scores as well (test_<metric>)
-    dev                           optional: the examples `train.py --sweep` picks the learning rate by (their
-                                  mean per-example loss at the end of training; without it, the best val_loss)
 """
 from pathlib import Path
+
+import torch
 
 from data import alpaca_cleaned, code_feedback, mt_bench
 from data.classification import ClassificationTask, build_demo_task, build_glue_task
@@ -39,6 +40,28 @@ class CausalLMTask:
 
     def length(self, example) -> int:
         return len(example[0])
+
+
+class DevLossTask(CausalLMTask):
+    """A causal-LM task validated on a dev set scored as the official Alpaca run picks its learning rate: the
+    mean over examples of each example's mean token loss (`evaluate` -> example_loss, lowest best; train.py
+    writes it before and after training, `train.py --sweep` ranks the runs by it). A loss is no metric to
+    select a checkpoint by the highest of, so `metric` is None."""
+    metric = None
+
+    @torch.no_grad()
+    def evaluate(self, model, examples) -> dict:
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            losses = []
+            for example in examples:  # one example per forward: model.loss sums over its batch
+                loss_sum, n = model.loss({k: v.to(device) for k, v in self.collate([example]).items()})
+                losses.append(loss_sum.float() / n.clamp(min=1))
+        finally:
+            model.train(was_training)
+        return {"example_loss": torch.stack(losses).mean().item()}
 
 
 def build_metamath(exp, tok, tokenizer_dir) -> CausalLMTask:
@@ -66,8 +89,8 @@ def build_code_feedback(exp, tok, tokenizer_dir) -> CausalLMTask:
 def build_alpaca(exp, tok, tokenizer_dir) -> CausalLMTask:
     """The first n_train records of alpaca-cleaned (all 51,760 in the paper), its templates, the first
     max_tokens tokens kept (data/alpaca_cleaned.py). The official run has no validation and keeps the last
-    checkpoint; validation and `dev` here are the MT-Bench dev set of data.dev_path (the GPT-4 answers the
-    learning rate is picked by), so a config validating once, at the end, keeps the last checkpoint too.
+    checkpoint; validation here is the MT-Bench dev set of data.dev_path (the GPT-4 answers the learning rate
+    is picked by, DevLossTask), so a config validating once, at the end, keeps the last checkpoint too.
     The official right padding (pad = EOS, attention mask ids != EOS) gives the loss of this left-padded
     collation: the masked final EOS is no key of any scored query (data/alpaca_cleaned.py)."""
     d = exp.data
@@ -85,9 +108,7 @@ def build_alpaca(exp, tok, tokenizer_dir) -> CausalLMTask:
     folder = Path(d.dev_path)
     dev = [mt_bench.dev_example_ids(tok, p, o)
            for p, o in mt_bench.read_dev_set(folder / "question.jsonl", folder / "reference_answer" / "gpt-4.jsonl")]
-    task = CausalLMTask(train, dev, pad_id=special_ids(tok)[2])
-    task.dev = dev
-    return task
+    return DevLossTask(train, dev, pad_id=special_ids(tok)[2])
 
 
 def build_demo_sentiment(exp, tok, tokenizer_dir) -> ClassificationTask:
