@@ -347,6 +347,8 @@ def main(argv=None):
                         help="one run per value (resumable), then the table of their dev losses; the lowest wins")
     args = parser.parse_args(argv)
     if args.sweep:
+        if args.dry_run:
+            parser.error("--sweep trains one run per value: leave out --dry-run")
         return sweep(args.config, args.set, args.sweep)
 
     # 1. Config.

@@ -4,6 +4,7 @@
     prompt(problem)            -> the no-input Alpaca prompt asking for the whole function (generation input)
     post_process(generation)   -> the `completion` (methods.md section 8, after LoRA-One's eval_humaneval.py)
     score(problems, completions, timeout=3.0) -> (per-problem records, pass@1)
+    run(generate, tok, path, limit)   -> eval.py's `--task humaneval` (data/benchmarks.py)
 
 A completion is scored as OpenAI's human-eval scores it: the program prompt + completion + "\\n" + test +
 "\\n" + "check(<entry_point>)" runs in data/sandbox.py; the problem passes when it ends without an exception.

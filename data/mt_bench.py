@@ -14,7 +14,7 @@ output = GPT-4's answer. The official loss tokenises prompt + " " + output with 
 first len(tok(prompt + " ")) tokens (`dev_example_ids`); the score is the mean of the per-example mean
 token losses.
 
-Answers: FastChat `gen_model_answer` JSONL, one record per question
+Answers (`run`, eval.py's `--task mt_bench`): FastChat `gen_model_answer` JSONL, one record per question
     {"question_id": int, "answer_id": str, "model_id": str, "choices": [{"index": 0, "turns": [a1, a2]}],
      "tstamp": float}
 """

@@ -15,7 +15,7 @@ from data.benchmarks import BENCHMARKS
 from data.collate import IGNORE, build_example
 from data.synthetic_code_chat import ensure_code_feedback_file
 from data.tasks import build_task
-from experiment import ensure_inputs, load_experiment
+from experiment import ConfigError, ensure_inputs, load_experiment
 from models import load_model, write_random_checkpoint
 from tiny_run import REPO
 
@@ -211,6 +211,18 @@ def test_tiny_chat_sweep_by_dev_loss_and_mt_bench_answer_file(tmp_path, shared_d
     eval_script.main(["--task", "mt_bench", "--run", str(runs[1]), "--limit", "3"])
     questions = mt_bench.read_questions(shared_data / "mt_bench/question.jsonl")[:3]
     check_fastchat_answer_file(runs[1] / "mt_bench_last_predictions.jsonl", questions, "tiny_chat_lr1e-2")
+
+
+@pytest.mark.parametrize("spec", ["train.lr", "lr=1e-3,1e-2", "train.lr=", "train.lrr=1e-3"])
+def test_sweep_spec_errors_name_it(spec):
+    with pytest.raises(ConfigError, match="--sweep|train.lrr"):
+        train.main([CODE, "--sweep", spec])
+
+
+def test_sweep_refuses_dry_run(capsys):
+    with pytest.raises(SystemExit):
+        train.main([CODE, "--sweep", "train.lr=1e-3", "--dry-run"])
+    assert "leave out --dry-run" in capsys.readouterr().err
 
 
 # ---- the paper's budgets ----
