@@ -6,6 +6,8 @@ set (and test set, where the task has one).
     python eval.py --task gsm8k --run runs/tiny_math        # base + that run's adapter (best val loss), merged
     python eval.py --task gsm8k --model DIR                 # a bare publisher checkpoint
     python eval.py --task commonsense --run runs/tiny_commonsense --tasks boolq,piqa --limit 8   # some of the 8 tasks
+    python eval.py --task humaneval --run runs/olmo2_code   # pass@1, each completion run in the sandbox
+    python eval.py --task mt_bench --run runs/mistral_alpaca  # FastChat's answer file, model_id = the run's name
     python eval.py --run runs/demo --checkpoint last        # a classification run: its task's validation metrics
     python eval.py --run runs/dinov2_base_cifar100          # an image run: validation and test accuracy
     options: --limit N (first N problems), --tasks a,b (a benchmark's parts), --batch-size B,
@@ -78,12 +80,17 @@ def batched_generator(model, tok, *, max_new_tokens, num_beams, batch_size, stat
     return generate_texts
 
 
-def evaluate_benchmark(model, tok, ev: EvalSection, subtasks=()) -> tuple[list[dict], dict]:
-    """Run benchmark `ev.task` on `model` with the eval section's decoding; (records, metrics)."""
+def evaluate_benchmark(model, tok, ev: EvalSection, subtasks=(), model_id: str | None = None) -> tuple[list[dict], dict]:
+    """Run benchmark `ev.task` on `model` with the eval section's decoding; (records, metrics). `model_id`
+    names the model in the records of a benchmark that names it (MT-Bench's answer file)."""
     stats = {"new_tokens": 0, "generation_time_s": 0.0}
     generate_texts = batched_generator(model, tok, max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams,
                                        batch_size=ev.batch_size, stats=stats)
-    records, metrics = BENCHMARKS[ev.task].run(generate_texts, tok, ev.path, ev.limit, tuple(subtasks))
+    bench = BENCHMARKS[ev.task]
+    if bench.names_model and not model_id:
+        raise ValueError(f"benchmark {ev.task} names the model in its records: give evaluate_benchmark a model_id")
+    named = {"model_id": model_id} if bench.names_model else {}
+    records, metrics = bench.run(generate_texts, tok, ev.path, ev.limit, tuple(subtasks), **named)
     return records, {"task": ev.task, **metrics, "max_new_tokens": ev.max_new_tokens, "num_beams": ev.num_beams,
                      "generation_time_s": stats["generation_time_s"],
                      "new_tokens_per_s": stats["new_tokens"] / max(stats["generation_time_s"], 1e-9)}
@@ -163,7 +170,8 @@ def main(argv=None):
     tok = load_tokenizer(resolve_checkpoint_path(model_path))
     if ev.compile:
         model.compile_blocks()
-    records, metrics = evaluate_benchmark(model, tok, ev, args.tasks or ())
+    records, metrics = evaluate_benchmark(model, tok, ev, args.tasks or (),
+                                          model_id=run.name if run is not None else model_path.name)
     metrics.update(model=str(model_path), run=str(run) if run else None,
                    adapter=ev.checkpoint if run else None, data=ev.path)
     with atomic_file(out, "w") as f:

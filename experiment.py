@@ -26,6 +26,7 @@ import yaml
 
 from data.benchmarks import BENCHMARKS
 from data.images import IMAGE_DATASETS
+from data.synthetic_code_chat import ensure_alpaca_file, ensure_code_feedback_file
 from data.synthetic_math import ensure_synthetic_files
 from data.tasks import TASKS
 from giva import AdapterConfig
@@ -66,6 +67,8 @@ class DataSection:
     label_boundary: str = _choices("official", "common_prefix")
     dataset: str = _choices("", *IMAGE_DATASETS)  # task images: which data set `path` holds ("" for text tasks)
     num_workers: int = 0           # task images: threads decoding and transforming a micro-batch (0: in-process)
+    dev_path: str = ""             # task alpaca: the MT-Bench folder (question.jsonl, reference_answer/gpt-4.jsonl)
+                                   # whose GPT-4 answers validate the run and pick the lr (train.py --sweep)
 
 
 @dataclass
@@ -361,5 +364,15 @@ def ensure_inputs(exp: Experiment):
             raise ConfigError(f"model.random_init.dtype={dtype!r}: valid choices are float32, bfloat16")
         write_random_checkpoint(exp.model.path, **{**init, "dtype": getattr(torch, dtype)})
     if exp.data.synthetic:
-        ensure_synthetic_files(exp.data.path, exp.eval.path, exp.data.synthetic)
+        if exp.data.task not in SYNTHETIC_DATA:
+            raise ConfigError(f"data.synthetic: task {exp.data.task!r} has no synthetic data (tasks with some: "
+                              f"{', '.join(SYNTHETIC_DATA)})")
+        SYNTHETIC_DATA[exp.data.task](exp)
+
+
+SYNTHETIC_DATA = {  # data.task -> writer of its synthetic files (data.synthetic > 0), each only where missing
+    "metamath": lambda exp: ensure_synthetic_files(exp.data.path, exp.eval.path, exp.data.synthetic),
+    "code_feedback": lambda exp: ensure_code_feedback_file(exp.data.path, exp.data.synthetic),
+    "alpaca": lambda exp: ensure_alpaca_file(exp.data.path, exp.data.synthetic),
+}
 

@@ -6,6 +6,8 @@
     python train.py configs/tiny_math.yaml                              # CPU smoke run, under a minute
     python train.py configs/tiny_math.yaml --resume                     # continue a killed run
     python train.py configs/demo.yaml                                   # MiniLM + GiVA, a classification task
+    python train.py configs/mistral_alpaca.yaml --sweep train.lr=1e-3,4e-3,1e-2   # one run per value, the
+                                                                        # lowest dev loss chosen (`sweep`)
 
 Order: config -> load -> probe (only for a method that needs the gradient: GiVA) -> bases (GiVA: the SVD of
 each gradient; OSoRA: of W0) -> inject -> AdamW over the adapter's trainable tensors -> run directory.
@@ -301,6 +303,52 @@ def validation_loss(model, task, device, autocast, t) -> float:
     return (total / count.clamp(min=1)).item()
 
 
+# ---- the learning-rate sweep ----
+
+# A run's score in a sweep (lowest best): its task's per-example dev loss after training where the task
+# reports one (data/tasks.py DevLossTask: Alpaca's MT-Bench dev set), else its best validation loss.
+SWEEP_SCORES = ("val_example_loss_after", "best_val_loss")
+
+
+def sweep(config, overrides, spec):
+    """`--sweep section.key=v1,v2,...`: one run per value, each in out_dir/<name>_<key><value> and resumable
+    (a finished run is read back, an unfinished one continued), then a table of their scores; the lowest wins.
+    Writes out_dir/<name>_sweep.json."""
+    key, sep, values = spec.partition("=")
+    values = [v for v in values.split(",") if v]
+    if not sep or "." not in key or not values:
+        raise ConfigError(f"--sweep {spec!r}: expected section.key=value1,value2,...")
+    base = load_experiment(config, overrides)
+    rows = []
+    for value in values:
+        sets = [*overrides, f"{key}={value}", f"train.name={base.train.name}_{key.split('.')[-1]}{value}"]
+        exp = load_experiment(config, sets)
+        run = exp.run_dir()
+        if (run / "summary.json").is_file():
+            saved = yaml.safe_load((run / "config.yaml").read_text())
+            diff = _config_diff(saved, exp.to_dict(), ignore={("train", "max_steps_this_invocation")})
+            if diff:
+                raise ConfigError(f"{run}/config.yaml differs from this sweep's config at {', '.join(diff)}")
+        else:
+            main([config, *(a for s in sets for a in ("--set", s)), "--resume"])
+            if not (run / "summary.json").is_file():
+                raise ConfigError(f"{run} stopped before its end (train.max_steps_this_invocation): "
+                                  f"run the sweep again to continue it")
+        summary = json.loads((run / "summary.json").read_text())
+        score_key = next((k for k in SWEEP_SCORES if k in summary), None)
+        if score_key is None:
+            raise ValueError(f"{run}/summary.json has none of {', '.join(SWEEP_SCORES)}")
+        rows.append({key: value, "run": str(run), "score": summary[score_key], "score_key": score_key})
+    best = min(rows, key=lambda r: r["score"])
+    print(f"\n| {key} | score | run |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r[key]} | {r['score']:.4f} ({r['score_key']}) | {r['run']}{' <- lowest' if r is best else ''} |")
+    result = {"sweep": key, "rows": rows, "best": best}
+    with atomic_file(Path(base.train.out_dir) / f"{base.train.name}_sweep.json", "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
 def main(argv=None):
     configs = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=(
@@ -313,7 +361,13 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue the run in out_dir/name from state.pt")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (every key, defaults and --set applied) and exit")
+    parser.add_argument("--sweep", metavar="SECTION.KEY=V1,V2,...",
+                        help="one run per value (resumable), then the table of their dev losses; the lowest wins")
     args = parser.parse_args(argv)
+    if args.sweep:
+        if args.dry_run:
+            parser.error("--sweep trains one run per value: leave out --dry-run")
+        return sweep(args.config, args.set, args.sweep)
 
     # 1. Config.
     exp = load_experiment(args.config, args.set)
@@ -331,7 +385,7 @@ def main(argv=None):
     path = resolve_checkpoint_path(exp.model.path)
     with phase(f"data: {exp.data.task}"):
         task = build_task(exp, path)
-    if t.select_by == "val_metric" and not hasattr(task, "evaluate"):
+    if t.select_by == "val_metric" and not getattr(task, "metric", None):
         raise ConfigError(f"train.select_by=val_metric: task {exp.data.task!r} has no metric; use val_loss")
     torch.manual_seed(t.seed)  # a fresh classification head draws its initial weights here
     with phase(f"model: {path} ({dtype}, {device})"):

@@ -4,6 +4,7 @@
     prompt(problem)            -> the no-input Alpaca prompt asking for the whole function (generation input)
     post_process(generation)   -> the `completion` (methods.md section 8, after LoRA-One's eval_humaneval.py)
     score(problems, completions, timeout=3.0) -> (per-problem records, pass@1)
+    run(generate, tok, path, limit)   -> eval.py's `--task humaneval` (data/benchmarks.py)
 
 A completion is scored as OpenAI's human-eval scores it: the program prompt + completion + "\\n" + test +
 "\\n" + "check(<entry_point>)" runs in data/sandbox.py; the problem passes when it ends without an exception.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.alpaca import prompt as alpaca_prompt
+from data.collate import special_ids
 from data.sandbox import run_programs
 
 # The instruction and response prefix of the official `src/utils/common.py::ALPACA_PREFIX_TEMPLATE`, whose
@@ -120,3 +122,25 @@ def score(problems: list[Problem], completions: list[str], *, timeout: float = 3
     records = [{"task_id": p.task_id, "completion": c, "passed": r.passed, "outcome": r.outcome,
                 "detail": r.detail, "seconds": round(r.seconds, 3)} for p, c, r in zip(problems, completions, results)]
     return records, sum(r.passed for r in results) / max(1, len(results))
+
+
+def run(generate, tok, path, limit=0, subtasks=()) -> tuple[list[dict], dict]:
+    """Score `generate` on the problems of `path` (data/benchmarks.py): prompt [BOS] + tok(prompt(problem)),
+    each generation post-processed into a completion and run against its tests in the sandbox; pass@1 and,
+    per problem, the generation, the completion and how it ended (passed, syntax error, assertion, timeout...)."""
+    if subtasks:
+        raise ValueError(f"humaneval has no parts to choose (got --tasks {','.join(subtasks)})")
+    problems = read_problems(path)
+    problems = problems[:limit] if limit else problems
+    if not problems:
+        raise ValueError(f"{path}: no HumanEval problems in the file (it is empty)")
+    bos = special_ids(tok)[0]
+    generations = generate([[bos] + tok.encode(prompt(p)) for p in problems])
+    records, pass_at_1 = score(problems, [post_process(g) for g in generations])
+    for record, generation in zip(records, generations):
+        record["generation"] = generation
+    outcomes = {}
+    for record in records:
+        outcomes[record["outcome"]] = outcomes.get(record["outcome"], 0) + 1
+    return records, {"pass@1": pass_at_1, "passed": sum(r["passed"] for r in records), "total": len(records),
+                     "outcomes": outcomes}

@@ -4,8 +4,9 @@ Rows whose `type` contains "GSM" are kept and shuffled with a fixed seed, then s
 The official code called `.shuffle(seed=...)` and discarded the result, so its splits were contiguous
 slices in file order (methods.md section 9, bug 15); our shuffle is real.
 
-Tokenising 100,000 examples takes minutes, so the result is cached on disk as one safetensors file,
-keyed by the content hashes of the data file and the tokenizer files plus every setting that changes it.
+Tokenising 100,000 examples takes minutes, so the result is cached on disk as one safetensors file, keyed by
+the content hashes of the data file and the tokenizer files plus every setting that changes it
+(`cached_splits`, which the other causal-LM tasks use too).
 """
 import hashlib
 import json
@@ -84,12 +85,20 @@ def load_splits(data_path, tok, tokenizer_dir, *, n_train, n_val, max_tokens, sh
                 boundary="official"):
     """(train, val) TokenizedSplits, from the on-disk cache when the same inputs were tokenised before.
     `boundary` is build_example's: how the prompt tokens to mask are counted."""
-    key = cache_key(data_path, tokenizer_dir, n_train=n_train, n_val=n_val, max_tokens=max_tokens,
-                    shuffle_seed=shuffle_seed, boundary=boundary)
-    cache = Path(cache_dir) / f"metamath-{key}.safetensors"
+    return cached_splits("metamath", data_path, tokenizer_dir, cache_dir, n_train,
+                         lambda: _examples(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary),
+                         n_val=n_val, max_tokens=max_tokens, shuffle_seed=shuffle_seed, boundary=boundary)
+
+
+def cached_splits(name, data_path, tokenizer_dir, cache_dir, n_train, make_examples, **settings):
+    """(train, val) TokenizedSplits of make_examples() -> [(ids, n_masked)], the first n_train of them train
+    and the rest validation, stored in cache_dir/<name>-<key>.safetensors and read back from there when the
+    data file, the tokenizer files and `settings` are those of an earlier call (any causal-LM task)."""
+    key = cache_key(data_path, tokenizer_dir, task=name, n_train=n_train, **settings)
+    cache = Path(cache_dir) / f"{name}-{key}.safetensors"
     if not cache.is_file():
-        tensors = _tokenise(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary)
-        save_safetensors(cache, tensors, metadata={"source": str(data_path), "n_train": str(n_train)})
+        save_safetensors(cache, _pack(make_examples(), n_train),
+                         metadata={"source": str(data_path), "n_train": str(n_train)})
     t, _ = load_safetensors(cache)
     split = int(t["n_split"][0])
     ids, offsets, n_masked = t["ids"], t["offsets"], t["n_masked"]
@@ -98,18 +107,23 @@ def load_splits(data_path, tok, tokenizer_dir, *, n_train, n_val, max_tokens, sh
     return train, val
 
 
-def _tokenise(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary) -> dict:
+def _pack(examples, n_train) -> dict:
+    """[(ids, n_masked)] -> the cache's flat tensors: ids, offsets (n + 1), n_masked, n_split."""
+    ids, offsets, n_masked = [], [0], []
+    for seq, masked in examples:
+        ids.extend(seq)
+        offsets.append(len(ids))
+        n_masked.append(masked)
+    return {"ids": torch.tensor(ids, dtype=torch.int32), "offsets": torch.tensor(offsets, dtype=torch.int64),
+            "n_masked": torch.tensor(n_masked, dtype=torch.int32), "n_split": torch.tensor([n_train])}
+
+
+def _examples(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary) -> list:
     rows = read_gsm_rows(data_path)
     if len(rows) < n_train + n_val:
         raise ValueError(f"{data_path}: {len(rows)} GSM rows, fewer than data.n_train + data.n_val = {n_train + n_val}")
     order = list(range(len(rows)))
     random.Random(shuffle_seed).shuffle(order)
     special_ids(tok)  # fail early when the tokenizer has no EOS
-    ids, offsets, n_masked = [], [0], []
-    for i in order[:n_train + n_val]:
-        seq, masked = build_example(tok, prompt(rows[i]["query"]), rows[i]["response"], max_tokens, boundary)
-        ids.extend(seq)
-        offsets.append(len(ids))
-        n_masked.append(masked)
-    return {"ids": torch.tensor(ids, dtype=torch.int32), "offsets": torch.tensor(offsets, dtype=torch.int64),
-            "n_masked": torch.tensor(n_masked, dtype=torch.int32), "n_split": torch.tensor([n_train])}
+    return [build_example(tok, prompt(rows[i]["query"]), rows[i]["response"], max_tokens, boundary)
+            for i in order[:n_train + n_val]]

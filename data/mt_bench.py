@@ -14,7 +14,7 @@ output = GPT-4's answer. The official loss tokenises prompt + " " + output with 
 first len(tok(prompt + " ")) tokens (`dev_example_ids`); the score is the mean of the per-example mean
 token losses.
 
-Answers: FastChat `gen_model_answer` JSONL, one record per question
+Answers (`run`, eval.py's `--task mt_bench`): FastChat `gen_model_answer` JSONL, one record per question
     {"question_id": int, "answer_id": str, "model_id": str, "choices": [{"index": 0, "turns": [a1, a2]}],
      "tstamp": float}
 """
@@ -164,3 +164,31 @@ def write_answers(path, records: list[dict]) -> None:
     lines = "".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: r["question_id"]))
     with atomic_file(path) as f:
         f.write(lines.encode("utf-8"))
+
+
+def run(generate, tok, path, limit=0, subtasks=(), *, model_id: str) -> tuple[list[dict], dict]:
+    """Answer the questions of `path` (question.jsonl; data/benchmarks.py) as FastChat's gen_model_answer:
+    turn 1 from conversation_prompt([q1], []), turn 2 from the conversation holding the model's own cleaned
+    first answer; [BOS] + encode(prompt) each, one generate call per turn. subtasks: the categories to answer
+    (empty: all). The records are the answer file's, sorted by question_id, named `model_id`."""
+    questions = read_questions(path)
+    if subtasks:
+        unknown = sorted(set(subtasks) - {q.category for q in questions})
+        if unknown:
+            raise ValueError(f"{path}: no MT-Bench category {', '.join(unknown)} (categories: "
+                             f"{', '.join(sorted({q.category for q in questions}))})")
+        questions = [q for q in questions if q.category in subtasks]
+    questions = sorted(questions, key=lambda q: q.question_id)
+    questions = questions[:limit] if limit else questions
+    if not questions:
+        raise ValueError(f"{path}: no MT-Bench questions in the file (it is empty)")
+    bos = special_ids(tok)[0]
+    answers = [[] for _ in questions]
+    for turn in range(max(len(q.turns) for q in questions)):
+        asked = [i for i, q in enumerate(questions) if turn < len(q.turns)]
+        prompts = [[bos] + encode(tok, conversation_prompt(list(questions[i].turns[:turn + 1]), answers[i]))
+                   for i in asked]
+        for i, text in zip(asked, generate(prompts)):
+            answers[i].append(clean_answer(text))
+    records = [answer_record(q.question_id, model_id, a) for q, a in zip(questions, answers)]
+    return records, {"questions": len(records), "turns": sum(len(a) for a in answers), "model_id": model_id}

@@ -8,6 +8,7 @@ tokenizer is None for the tasks in TOKENIZER_FREE; `build_task` reads it from th
                                      and train.py divides by the optimizer batch's total number of targets
     num_labels                    optional: the size of the task head the model needs (classification)
     evaluate(model, examples)     optional -> dict of metrics, called before and after training
+    metric                        with evaluate: the key train.select_by=val_metric maximises (None: none)
     length(example)               optional -> its token count; train.py then groups examples of similar
                                   length into the same micro-batch (less padding, same gradient)
     set_epoch(epoch)              optional: called by train.py before each epoch's batches (augmentation)
@@ -15,14 +16,17 @@ tokenizer is None for the tasks in TOKENIZER_FREE; `build_task` reads it from th
 """
 from pathlib import Path
 
+import torch
+
+from data import alpaca_cleaned, code_feedback, mt_bench
 from data.classification import ClassificationTask, build_demo_task, build_glue_task
-from data.collate import collate_left_padded, special_ids
+from data.collate import build_example, collate_left_padded, special_ids
 from data.commonsense import train_val_examples
 from data.glue import GLUE_TASKS
 from data.image_task import ImageClassificationTask
 from data.image_transforms import Preprocessing
 from data.images import image_splits
-from data.metamath import load_splits
+from data.metamath import cached_splits, load_splits
 from data.tokenizer import load_tokenizer
 
 
@@ -37,6 +41,28 @@ class CausalLMTask:
 
     def length(self, example) -> int:
         return len(example[0])
+
+
+class DevLossTask(CausalLMTask):
+    """A causal-LM task validated on a dev set scored as the official Alpaca run picks its learning rate: the
+    mean over examples of each example's mean token loss (`evaluate` -> example_loss, lowest best; train.py
+    writes it before and after training, `train.py --sweep` ranks the runs by it). A loss is no metric to
+    select a checkpoint by the highest of, so `metric` is None."""
+    metric = None
+
+    @torch.no_grad()
+    def evaluate(self, model, examples) -> dict:
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            losses = []
+            for example in examples:  # one example per forward: model.loss sums over its batch
+                loss_sum, n = model.loss({k: v.to(device) for k, v in self.collate([example]).items()})
+                losses.append(loss_sum.float() / n.clamp(min=1))
+        finally:
+            model.train(was_training)
+        return {"example_loss": torch.stack(losses).mean().item()}
 
 
 def build_metamath(exp, tok, tokenizer_dir) -> CausalLMTask:
@@ -54,6 +80,45 @@ def build_commonsense(exp, tok, tokenizer_dir) -> CausalLMTask:
     train, val = train_val_examples(d.path, tok, n_val=d.n_val, seed=d.shuffle_seed, max_tokens=d.max_tokens,
                                     boundary=d.label_boundary, n_train=d.n_train)
     return CausalLMTask(train, val, pad_id=special_ids(tok)[2])
+
+
+def build_code_feedback(exp, tok, tokenizer_dir) -> CausalLMTask:
+    """CodeFeedback-Filtered-Instruction in file order: rows [0, n_train) train, the next n_val validate (the
+    official split at 100,000 / 10,000), answers cut after their first fenced block (data/code_feedback.py)."""
+    d = exp.data
+    train_rows, val_rows = range(d.n_train), range(d.n_train, d.n_train + d.n_val)
+
+    def examples():
+        train, val = code_feedback.read_splits(d.path, train_rows, val_rows)
+        return [build_example(tok, p, o, d.max_tokens, d.label_boundary) for p, o in train + val]
+    train, val = cached_splits("code_feedback", d.path, tokenizer_dir, d.cache_dir, d.n_train, examples,
+                               n_val=d.n_val, max_tokens=d.max_tokens, boundary=d.label_boundary)
+    return CausalLMTask(train, val, pad_id=special_ids(tok)[2])
+
+
+def build_alpaca(exp, tok, tokenizer_dir) -> CausalLMTask:
+    """The first n_train records of alpaca-cleaned (all 51,760 in the paper), its templates, the first
+    max_tokens tokens kept (data/alpaca_cleaned.py). The official run has no validation and keeps the last
+    checkpoint; validation here is the MT-Bench dev set of data.dev_path (the GPT-4 answers the learning rate
+    is picked by, DevLossTask), so a config validating once, at the end, keeps the last checkpoint too.
+    The official right padding (pad = EOS, attention mask ids != EOS) gives the loss of this left-padded
+    collation: the masked final EOS is no key of any scored query (data/alpaca_cleaned.py)."""
+    d = exp.data
+    if not d.dev_path:
+        raise ValueError("data.task=alpaca needs data.dev_path: the MT-Bench folder (question.jsonl, "
+                         "reference_answer/gpt-4.jsonl) whose GPT-4 answers validate the run")
+
+    def examples():
+        records = alpaca_cleaned.read_records(d.path)
+        if len(records) < d.n_train:
+            raise ValueError(f"{d.path}: {len(records)} records, fewer than data.n_train = {d.n_train}")
+        return [alpaca_cleaned.example_ids(tok, r, d.max_tokens) for r in records[:d.n_train]]
+    train, _ = cached_splits("alpaca", d.path, tokenizer_dir, d.cache_dir, d.n_train, examples,
+                             max_tokens=d.max_tokens)
+    folder = Path(d.dev_path)
+    dev = [mt_bench.dev_example_ids(tok, p, o)
+           for p, o in mt_bench.read_dev_set(folder / "question.jsonl", folder / "reference_answer" / "gpt-4.jsonl")]
+    return DevLossTask(train, dev, pad_id=special_ids(tok)[2])
 
 
 def build_demo_sentiment(exp, tok, tokenizer_dir) -> ClassificationTask:
@@ -80,7 +145,7 @@ def build_images(exp, tok, checkpoint_dir) -> ImageClassificationTask:
 
 TASKS = {"metamath": build_metamath, "demo_sentiment": build_demo_sentiment,
          **{f"glue_{name}": _glue_builder(name) for name in GLUE_TASKS}, "images": build_images,
-         "commonsense": build_commonsense}
+         "commonsense": build_commonsense, "code_feedback": build_code_feedback, "alpaca": build_alpaca}
 TOKENIZER_FREE = {"images"}
 
 
