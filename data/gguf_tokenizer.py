@@ -9,11 +9,12 @@
                                 4 (user-defined): added tokens that are not special
     tokenizer.ggml.{bos,eos,padding}_token_id,  tokenizer.ggml.add_space_prefix,  tokenizer.chat_template
 """
-from data.bpe_tokenizer import BYTE_TO_CHAR, PRETOKENIZE, ByteLevelBPETokenizer
+from data.bpe_tokenizer import BYTE_TO_CHAR, NORMALIZATION, PRETOKENIZE, ByteLevelBPETokenizer
 from data.gguf_file import GGUFFile
 from data.tokenizer_base import AddedToken
 
-PRE_TOKENIZERS = {"gpt2": PRETOKENIZE["gpt2"], "smollm": PRETOKENIZE["gpt2"], "qwen2": PRETOKENIZE["qwen2"]}
+# tokenizer.ggml.pre -> the flavour of data/bpe_tokenizer.py (its regex and normalisation)
+PRE_TOKENIZERS = {"gpt2": "gpt2", "smollm": "gpt2", "qwen2": "qwen2"}
 _CONTROL, _USER_DEFINED = 3, 4
 _BYTE_ALPHABET = frozenset(BYTE_TO_CHAR.values())
 
@@ -40,8 +41,10 @@ def gguf_tokenizer(f: GGUFFile) -> ByteLevelBPETokenizer:
     # A control token outside the byte alphabet is a llama.cpp mislabel; transformers skips it, so do we.
     added = [AddedToken(t, i, special=ttype == _CONTROL) for i, (t, ttype) in enumerate(zip(tokens, types))
              if (ttype == _CONTROL and set(t) <= _BYTE_ALPHABET) or ttype == _USER_DEFINED]
-    tok = ByteLevelBPETokenizer({t: i for i, t in enumerate(tokens)}, merges, [(PRE_TOKENIZERS[pre], "matches")], added,
-                                prefix_space=bool(f.field("tokenizer.ggml.add_space_prefix", bool, default=False)))
+    flavour = PRE_TOKENIZERS[pre]
+    tok = ByteLevelBPETokenizer({t: i for i, t in enumerate(tokens)}, merges, [(PRETOKENIZE[flavour], "matches")], added,
+                                normalization=NORMALIZATION[flavour],
+                                prefix_space=f.field("tokenizer.ggml.add_space_prefix", bool, default=False))
     tok.bos_id, tok.eos_id, tok.pad_id = (_token_id(f, f"tokenizer.ggml.{name}_token_id", len(tokens))
                                           for name in ("bos", "eos", "padding"))
     tok.chat_template = f.field("tokenizer.chat_template", str)
