@@ -1,6 +1,8 @@
 """MetaMathQA (its original JSON list of {type, query, original_question, response}) -> tokenised splits.
 
-Rows whose `type` contains "GSM" are kept and shuffled with a fixed seed, then split into n_train + n_val.
+Rows whose `type` contains "GSM" are kept and shuffled with a fixed seed, then split into n_train + n_val
+(n_train 0: every row not held out for validation). Any other source of {query, response} rows (GSM8K's
+train.jsonl, data/gsm8k.read_rows) goes through the same path with its own `read_rows`.
 The official code called `.shuffle(seed=...)` and discarded the result, so its splits were contiguous
 slices in file order (methods.md section 9, bug 15); our shuffle is real.
 
@@ -72,8 +74,11 @@ def _file_hash(path: Path) -> str:
 
 
 def cache_key(data_path, tokenizer_dir, **settings) -> str:
+    """`tokenizer_dir`: a checkpoint folder (its tokenizer files are hashed) or one .gguf file (hashed whole)."""
     parts = [f"format={CACHE_FORMAT}", f"data={_file_hash(Path(data_path))}"]
     parts += [f"{k}={v}" for k, v in sorted(settings.items())]
+    if Path(tokenizer_dir).is_file():
+        parts.append(f"tokenizer={_file_hash(Path(tokenizer_dir))}")
     for name in TOKENIZER_FILES:
         file = Path(tokenizer_dir) / name
         if file.is_file():
@@ -82,14 +87,15 @@ def cache_key(data_path, tokenizer_dir, **settings) -> str:
 
 
 def load_splits(data_path, tok, tokenizer_dir, *, n_train, n_val, max_tokens, shuffle_seed, cache_dir,
-                boundary="official"):
+                boundary="official", read_rows=read_gsm_rows, source="metamath"):
     """(train, val) TokenizedSplits, from the on-disk cache when the same inputs were tokenised before.
-    `boundary` is build_example's: how the prompt tokens to mask are counted."""
+    `boundary` is build_example's: how the prompt tokens to mask are counted. `read_rows(path)` -> the
+    {query, response} rows; `source` names them in the cache file."""
     key = cache_key(data_path, tokenizer_dir, n_train=n_train, n_val=n_val, max_tokens=max_tokens,
                     shuffle_seed=shuffle_seed, boundary=boundary)
-    cache = Path(cache_dir) / f"metamath-{key}.safetensors"
+    cache = Path(cache_dir) / f"{source}-{key}.safetensors"
     if not cache.is_file():
-        tensors = _tokenise(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary)
+        tensors = _tokenise(read_rows(data_path), data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary)
         save_safetensors(cache, tensors, metadata={"source": str(data_path), "n_train": str(n_train)})
     t, _ = load_safetensors(cache)
     split = int(t["n_split"][0])
@@ -99,10 +105,10 @@ def load_splits(data_path, tok, tokenizer_dir, *, n_train, n_val, max_tokens, sh
     return train, val
 
 
-def _tokenise(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary) -> dict:
-    rows = read_gsm_rows(data_path)
-    if len(rows) < n_train + n_val:
-        raise ValueError(f"{data_path}: {len(rows)} GSM rows, fewer than data.n_train + data.n_val = {n_train + n_val}")
+def _tokenise(rows, data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary) -> dict:
+    n_train = n_train or len(rows) - n_val
+    if n_train <= 0 or len(rows) < n_train + n_val:
+        raise ValueError(f"{data_path}: {len(rows)} rows, too few for data.n_train = {n_train} + data.n_val = {n_val}")
     order = list(range(len(rows)))
     random.Random(shuffle_seed).shuffle(order)
     special_ids(tok)  # fail early when the tokenizer has no EOS
