@@ -215,3 +215,68 @@ def test_tokenizer_matches_transformers_on_gsm8k(smollm, shared_data):
         assert ours.decode(ids) == ref.decode(ids)
     assert (ours.bos_id, ours.eos_id, ours.pad_id) == (ref.bos_token_id, ref.eos_token_id, ref.pad_token_id)
     assert ours.chat_template == ref.chat_template
+
+
+# --- a tiny synthetic model: config, keys and llama.cpp's q/k permutation, without transformers ----------------
+
+_LAYER_PARTS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+
+
+def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf.py's LlamaModel.permute (HF rows -> ggml rows)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tiny_gguf(gguf, path: Path, arch: str, rng) -> dict:
+    """Writes a 2-layer `arch` model of random F32 weights as llama.cpp would -> its HF state dict."""
+    dim, heads, kv_heads, hidden, vocab, layers = 32, 4, 2, 64, 48, 2
+    hd = dim // heads
+    hf = {"model.embed_tokens.weight": (vocab, dim), "model.norm.weight": (dim,), "lm_head.weight": (vocab, dim)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        hf.update({p + "self_attn.q_proj.weight": (dim, dim), p + "self_attn.k_proj.weight": (kv_heads * hd, dim),
+                   p + "self_attn.v_proj.weight": (kv_heads * hd, dim), p + "self_attn.o_proj.weight": (dim, dim),
+                   p + "mlp.gate_proj.weight": (hidden, dim), p + "mlp.up_proj.weight": (hidden, dim),
+                   p + "mlp.down_proj.weight": (dim, hidden), p + "input_layernorm.weight": (dim,),
+                   p + "post_attention_layernorm.weight": (dim,)})
+        if arch == "qwen2":
+            hf.update({p + f"self_attn.{x}_proj.bias": (n,) for x, n in (("q", dim), ("k", kv_heads * hd),
+                                                                       ("v", kv_heads * hd))})
+    hf = {k: rng.standard_normal(s).astype(np.float32) for k, s in hf.items()}
+    writer = gguf.GGUFWriter(path, arch)
+    for key, value in (("block_count", layers), ("embedding_length", dim), ("feed_forward_length", hidden),
+                       ("attention.head_count", heads), ("attention.head_count_kv", kv_heads), ("context_length", 64)):
+        writer.add_uint32(f"{arch}.{key}", value)
+    writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    writer.add_float32(f"{arch}.rope.freq_base", 10000.0)
+    ggml = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+            "lm_head.weight": "output.weight"}
+    ggml.update({f"model.layers.{i}.{hf_part}.{kind}": f"blk.{i}.{part}.{kind}" for i in range(layers)
+                 for part, hf_part in _LAYER_PARTS.items() for kind in ("weight", "bias")})
+    for key, w in hf.items():
+        n_head = {"q_proj": heads, "k_proj": kv_heads}.get(key.split(".")[-2]) if arch == "llama" else None
+        writer.add_tensor(ggml[key], w if n_head is None else _llama_cpp_permute(w, n_head))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return hf
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_model_round_trips_to_its_hf_weights(arch, tmp_path):
+    """Loading a GGUF file written the way llama.cpp writes one gives back the HF weights exactly (q/k rows of
+    llama unpermuted, qwen2's biases kept), through the family's own key table."""
+    gguf = pytest.importorskip("gguf", reason="the gguf package writes the synthetic model")
+    from models.checkpoint import FAMILIES, export_state
+    hf = _tiny_gguf(gguf, tmp_path / "tiny.gguf", arch, np.random.default_rng(1))
+    cfg = load_config(tmp_path / "tiny.gguf")
+    assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim, cfg.vocab_size) == (2, 32, 4, 2, 64, 48)
+    assert not cfg.tie_embeddings
+    model = load_model(tmp_path / "tiny.gguf")
+    state = export_state(model, FAMILIES[arch].keys)
+    assert sorted(state) == sorted(hf)
+    for key, w in hf.items():
+        assert torch.equal(state[key], torch.from_numpy(w)), key
