@@ -200,6 +200,19 @@ def test_greedy_generation_matches_transformers(hf, ours):
 
 
 @pytest.mark.slow
+def test_tokenizer_specials_and_round_trip(smollm, shared_data):
+    """Without the oracle: ChatML's markers are one control token each, and decoding inverts encoding."""
+    tok = load_tokenizer(smollm)
+    f = GGUFFile(smollm)
+    tokens = f.metadata["tokenizer.ggml.tokens"]
+    for marker in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+        assert tok.encode(f"a{marker}b")[1:2] == [tokens.index(marker)]
+    assert tokens[tok.eos_id] == "<|im_end|>" and "<|im_start|>" in tok.chat_template
+    for line in (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:20]:
+        text = json.loads(line)["question"]
+        assert tok.decode(tok.encode(text)) == text
+
+
 @pytest.mark.slow
 def test_tokenizer_matches_transformers_on_gsm8k(smollm, shared_data):
     transformers = pytest.importorskip("transformers", reason="transformers' GGUF tokenizer is the oracle")
