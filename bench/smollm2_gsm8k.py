@@ -4,6 +4,7 @@ GSM8K train.jsonl with each method, scored on GSM8K test, through train.py and e
     python bench/smollm2_gsm8k.py --out bench/results/smollm2_gsm8k.md      # every method, 3 seeds (GPU)
     python bench/smollm2_gsm8k.py --methods giva_secsv_r16 lora_r8 --seeds 0 1
     python bench/smollm2_gsm8k.py --smoke                                   # seconds on a CPU: the path works
+                                                    (a tiny random Llama checkpoint in place of SmolLM2)
 
 1. Learning rate: for each method, train.py once per lr of its grid (seed 0); the lr of the lowest validation
    answer loss (best_val_loss: the split held out of train.jsonl by data.shuffle_seed) is kept. The test set
@@ -108,7 +109,7 @@ def table(rows: list[dict]) -> str:
         mem = [r["peak_gpu_mem_gib"] for r in runs if r["peak_gpu_mem_gib"] is not None]
         lines.append(f"| {row['method']} | {row['rank']} | {runs[0]['trainable'] if row['lr'] else 0:,} | {row['lr']:g} | "
                      f"{_ms([r['accuracy'] for r in runs], 100)} | {_ms([r['test_answer_loss'] for r in runs], digits=4)} | "
-                     f"{_ms([r['train_time_s'] for r in runs], digits=0)} | {_ms(mem, digits=2) if mem else '-'} |")
+                     f"{_ms([r['train_time_s'] for r in runs])} | {_ms(mem, digits=2) if mem else '-'} |")
     return "\n".join(lines)
 
 
@@ -120,7 +121,8 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="an extra override for every train.py run (e.g. train.epochs=1)")
-    p.add_argument("--smoke", action="store_true", help="two methods, two lrs, one seed, a few examples and steps")
+    p.add_argument("--smoke", action="store_true", help="a tiny random Llama, two methods, two lrs, one seed, a few "
+                                                        "examples and steps")
     p.add_argument("--out", help="write the markdown table (and a .jsonl of every run beside it)")
     args = p.parse_args()
     args.base_sets = {"train.device": args.device}
@@ -131,7 +133,8 @@ def main():
             test = tmp / "test.jsonl"
             test.write_text("".join(Path(load_experiment(CONFIG).eval.path).read_text().splitlines(True)[:2]))
             args.methods, args.seeds, args.limit = ["giva_secsv_r16", "lora_r8"], [0], 2
-            args.base_sets.update({"data.n_train": 8, "data.n_val": 4, "data.max_tokens": 32, "train.batch_size": 4,
+            args.base_sets.update({"model.path": str(tmp / "tiny_llama"), "model.random_init": "{family: llama, seed: 0}",
+                                   "data.n_train": 8, "data.n_val": 4, "data.max_tokens": 32, "train.batch_size": 4,
                                    "train.micro_batch_size": 4, "train.max_steps": 2, "train.val_per_epoch": 1,
                                    "data.cache_dir": str(tmp / "cache"), "eval.path": str(test),
                                    "train.cpu_threads": 2})
@@ -148,7 +151,9 @@ def main():
         out = Path(args.out)
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
         header = f"Command: `python bench/smollm2_gsm8k.py {' '.join(sys.argv[1:])}` on {args.device} ({device}).\n\n"
-        out.write_text(header + text + "\n")
+        commands = "".join(f"- {row['method']}: `{row['runs'][0]['command']}`\n" for row in rows)
+        out.write_text(header + text + "\n\nThe train.py command of each row (seed 0; the others change train.seed and "
+                       "the adapter seeds):\n\n" + commands)
         out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
