@@ -293,3 +293,14 @@ def test_tiny_model_round_trips_to_its_hf_weights(arch, tmp_path):
     assert sorted(state) == sorted(hf)
     for key, w in hf.items():
         assert torch.equal(state[key], torch.from_numpy(w)), key
+
+
+def test_unpermute_inverts_llama_cpp_permute():
+    from models.gguf import _unpermute
+
+    def permute(w, n_head):  # llama.cpp convert_hf_to_gguf.py LlamaModel.permute
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = torch.randn(3 * 8, 5)
+    assert torch.equal(_unpermute(permute(w, 3), 3), w)
+    assert not torch.equal(permute(w, 3), w)
