@@ -42,6 +42,11 @@ _SCALARS = {0: ("<B", "<u1"), 1: ("<b", "<i1"), 2: ("<H", "<u2"), 3: ("<h", "<i2
 _STRING, _ARRAY = 8, 9
 
 
+def is_gguf(path) -> bool:
+    """Whether checkpoint `path` is a GGUF file (by its name, as llama.cpp and Ollama name them)."""
+    return Path(path).suffix == ".gguf"
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str

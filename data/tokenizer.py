@@ -26,7 +26,7 @@ bos_id / eos_id / pad_id: the first file that has the key decides, and an explic
 from pathlib import Path
 
 from data.bpe_tokenizer import bpe_from_tokenizer_json, bpe_from_vocab_merges
-from data.gguf_file import GGUFFile
+from data.gguf_file import GGUFFile, is_gguf
 from data.gguf_tokenizer import gguf_tokenizer
 from data.packaged_checkpoint import resolve_checkpoint_path
 from data.pair_encoding import roberta_pairs
@@ -42,7 +42,7 @@ _NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of checkpoint directory `path`, with bos_id/eos_id/pad_id resolved (see module doc)."""
     root = resolve_checkpoint_path(path)
-    if root.suffix == ".gguf":
+    if is_gguf(root):
         return gguf_tokenizer(GGUFFile(root))
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a checkpoint directory")

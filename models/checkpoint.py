@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data.gguf_file import GGUFFile
+from data.gguf_file import GGUFFile, is_gguf
 from data.packaged_checkpoint import resolve_checkpoint_path
 from data.safetensors_io import SafetensorsFile
 from .encoder_families import ENCODER_FAMILIES
 from .families import DECODER_FAMILIES, Family
-from .gguf import gguf_config_json, gguf_tensors, is_gguf
+from .gguf import gguf_config_json, gguf_tensors
 from .vit_families import VIT_FAMILIES
 
 FAMILIES = {**DECODER_FAMILIES, **ENCODER_FAMILIES, **VIT_FAMILIES}

@@ -9,8 +9,6 @@ llama.cpp's converter permutes the rows of q and k of Llama-architecture models 
 adjacent dims, HF's pairs dim i with dim i + head_dim/2); reading undoes that. Qwen2 files are not permuted.
 Tensors are read one at a time through models/checkpoint.fill_model, the one filling routine.
 """
-from pathlib import Path
-
 import torch
 
 from data.gguf_file import GGUFFile
@@ -91,7 +89,3 @@ def gguf_tensors(f: GGUFFile) -> dict:
             return w if n_heads is None else _unpermute(w, n_heads)
         out[hf_key(name, f.path)] = (info.shape, read)
     return out
-
-
-def is_gguf(path) -> bool:
-    return Path(path).suffix == ".gguf"
