@@ -36,7 +36,7 @@ from data.tasks import build_task
 from experiment import EvalSection, ModelSection, TrainSection, cli, ensure_inputs, load_experiment, runtime
 from models import load_model
 from models.generate import generate
-from models.packaged_checkpoint import resolve_checkpoint_path
+from data.packaged_checkpoint import resolve_checkpoint_path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs/olmo2_metamath.yaml"
 

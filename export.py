@@ -23,7 +23,7 @@ from eval import load_for_eval
 from experiment import cli, load_experiment
 from giva import adapted_layers
 from models.checkpoint import WEIGHT_FILES, family_of, inverse_key, map_key, read_config_json
-from models.packaged_checkpoint import resolve_checkpoint_path
+from data.packaged_checkpoint import resolve_checkpoint_path
 
 WEIGHT_NAMES = {name for pair in WEIGHT_FILES for name in pair}
 

@@ -46,7 +46,7 @@ from data.safetensors_io import atomic_file
 from data.tasks import build_task
 from experiment import ConfigError, RunError, cli, ensure_inputs, load_experiment, runtime
 from models import load_model
-from models.packaged_checkpoint import resolve_checkpoint_path
+from data.packaged_checkpoint import resolve_checkpoint_path
 
 REPO = Path(__file__).resolve().parent  # configs/ lives here
 

@@ -62,6 +62,11 @@ def read_problems(path) -> list[Problem]:
     return problems
 
 
+def read_rows(path) -> list[dict]:
+    """GSM8K problems as the {query, response} rows MetaMathQA's tokenising path reads (data/metamath.py)."""
+    return [{"query": p.question, "response": p.answer} for p in read_problems(path)]
+
+
 def run(generate, tok, path, limit=0, subtasks=()) -> tuple[list[dict], dict]:
     """Score `generate` on the problems of `path` (data/benchmarks.py): prompt [BOS] + tok("Q: ...\\nA: "), the
     first "#### <number>" of each generation against the gold answer."""

@@ -72,8 +72,11 @@ def _file_hash(path: Path) -> str:
 
 
 def cache_key(data_path, tokenizer_dir, **settings) -> str:
+    """`tokenizer_dir`: a checkpoint folder (its tokenizer files are hashed) or one .gguf file (hashed whole)."""
     parts = [f"format={CACHE_FORMAT}", f"data={_file_hash(Path(data_path))}"]
     parts += [f"{k}={v}" for k, v in sorted(settings.items())]
+    if Path(tokenizer_dir).is_file():
+        parts.append(f"tokenizer={_file_hash(Path(tokenizer_dir))}")
     for name in TOKENIZER_FILES:
         file = Path(tokenizer_dir) / name
         if file.is_file():
@@ -82,11 +85,13 @@ def cache_key(data_path, tokenizer_dir, **settings) -> str:
 
 
 def load_splits(data_path, tok, tokenizer_dir, *, n_train, n_val, max_tokens, shuffle_seed, cache_dir,
-                boundary="official"):
+                boundary="official", read_rows=read_gsm_rows, source="metamath"):
     """(train, val) TokenizedSplits, from the on-disk cache when the same inputs were tokenised before.
-    `boundary` is build_example's: how the prompt tokens to mask are counted."""
-    return cached_splits("metamath", data_path, tokenizer_dir, cache_dir, n_train,
-                         lambda: _examples(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary),
+    `boundary` is build_example's: how the prompt tokens to mask are counted. `read_rows(path)` -> the
+    {query, response} rows; `source` names them in the cache file."""
+    return cached_splits(source, data_path, tokenizer_dir, cache_dir, n_train,
+                         lambda: _examples(read_rows(data_path), data_path, tok, n_train, n_val, max_tokens,
+                                           shuffle_seed, boundary),
                          n_val=n_val, max_tokens=max_tokens, shuffle_seed=shuffle_seed, boundary=boundary)
 
 
@@ -118,8 +123,7 @@ def _pack(examples, n_train) -> dict:
             "n_masked": torch.tensor(n_masked, dtype=torch.int32), "n_split": torch.tensor([n_train])}
 
 
-def _examples(data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary) -> list:
-    rows = read_gsm_rows(data_path)
+def _examples(rows, data_path, tok, n_train, n_val, max_tokens, shuffle_seed, boundary) -> list:
     if len(rows) < n_train + n_val:
         raise ValueError(f"{data_path}: {len(rows)} GSM rows, fewer than data.n_train + data.n_val = {n_train + n_val}")
     order = list(range(len(rows)))

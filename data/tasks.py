@@ -23,6 +23,7 @@ from data.classification import ClassificationTask, build_demo_task, build_glue_
 from data.collate import build_example, collate_left_padded, special_ids
 from data.commonsense import train_val_examples
 from data.glue import GLUE_TASKS
+from data.gsm8k import read_rows as read_gsm8k_rows
 from data.image_task import ImageClassificationTask
 from data.image_transforms import Preprocessing
 from data.images import image_splits
@@ -121,6 +122,41 @@ def build_alpaca(exp, tok, tokenizer_dir) -> CausalLMTask:
     return DevLossTask(train, dev, pad_id=special_ids(tok)[2])
 
 
+class GSM8KTask(CausalLMTask):
+    """CausalLMTask with a metric: the mean answer loss (per response token) of a split, train.py's before/after
+    and eval.py --run's val/test numbers. `test`: GSM8K's test problems in the same format."""
+    num_labels = None  # no task head
+
+    def __init__(self, train, val, test, pad_id: int, batch_size: int):
+        super().__init__(train, val, pad_id)
+        self.test, self.batch_size = test, batch_size
+
+    @torch.no_grad()
+    def evaluate(self, model, examples) -> dict:
+        device = next(model.parameters()).device
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))  # similar lengths: less padding
+        total, count = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
+        for start in range(0, len(order), self.batch_size):
+            batch = self.collate([examples[i] for i in order[start:start + self.batch_size]])
+            loss_sum, n = model.loss({k: v.to(device) for k, v in batch.items()})
+            total += loss_sum.float()
+            count += n
+        return {"answer_loss": (total / count.clamp(min=1)).item()}
+
+
+def build_gsm8k(exp, tok, tokenizer_dir) -> GSM8KTask:
+    """GSM8K's train.jsonl (data.path) in the MetaMathQA prompt format (methods.md 8): data.n_val problems held
+    out by data.shuffle_seed for validation, n_train of the rest; eval.path's problems (all of them) as `test`."""
+    d = exp.data
+    kw = dict(max_tokens=d.max_tokens, cache_dir=d.cache_dir, boundary=d.label_boundary, read_rows=read_gsm8k_rows,
+              source="gsm8k")
+    train, val = load_splits(d.path, tok, tokenizer_dir, n_train=d.n_train, n_val=d.n_val,
+                             shuffle_seed=d.shuffle_seed, **kw)
+    n_test = len(read_gsm8k_rows(exp.eval.path))
+    test, _ = load_splits(exp.eval.path, tok, tokenizer_dir, n_train=n_test, n_val=0, shuffle_seed=0, **kw)
+    return GSM8KTask(train, val, test, pad_id=special_ids(tok)[2], batch_size=exp.train.micro_batch_size)
+
+
 def build_demo_sentiment(exp, tok, tokenizer_dir) -> ClassificationTask:
     d = exp.data
     return build_demo_task(tok, d.n_train, d.n_val, d.shuffle_seed, d.max_tokens)
@@ -143,7 +179,7 @@ def build_images(exp, tok, checkpoint_dir) -> ImageClassificationTask:
     return ImageClassificationTask(image_splits(d.dataset, d.path), prep, seed=exp.train.seed, workers=d.num_workers)
 
 
-TASKS = {"metamath": build_metamath, "demo_sentiment": build_demo_sentiment,
+TASKS = {"metamath": build_metamath, "gsm8k": build_gsm8k, "demo_sentiment": build_demo_sentiment,
          **{f"glue_{name}": _glue_builder(name) for name in GLUE_TASKS}, "images": build_images,
          "commonsense": build_commonsense, "code_feedback": build_code_feedback, "alpaca": build_alpaca}
 TOKENIZER_FREE = {"images"}

@@ -1,5 +1,8 @@
 """`load_tokenizer(path)`: the tokenizer of a checkpoint directory, read from the files its publisher ships.
 
+`path` may also be a .gguf file (its `tokenizer.ggml.*` metadata, data/gguf_tokenizer.py) or `package:<module>`
+(data/packaged_checkpoint.py).
+
 Which model (first present wins):
     tokenizer.model                 SentencePiece (Llama-2, Mistral, Phi-3)
     tokenizer.json                  byte-level BPE, regex/normaliser/merges from the file (OLMo-2)
@@ -23,6 +26,9 @@ bos_id / eos_id / pad_id: the first file that has the key decides, and an explic
 from pathlib import Path
 
 from data.bpe_tokenizer import bpe_from_tokenizer_json, bpe_from_vocab_merges
+from data.gguf_file import GGUFFile, is_gguf
+from data.gguf_tokenizer import gguf_tokenizer
+from data.packaged_checkpoint import resolve_checkpoint_path
 from data.pair_encoding import roberta_pairs
 from data.spm_tokenizer import SentencePieceTokenizer
 from data.tokenizer_base import AddedToken, Tokenizer, read_json
@@ -35,7 +41,9 @@ _NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of checkpoint directory `path`, with bos_id/eos_id/pad_id resolved (see module doc)."""
-    root = Path(path)
+    root = resolve_checkpoint_path(path)
+    if is_gguf(root):
+        return gguf_tokenizer(GGUFFile(root))
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a checkpoint directory")
     config = _optional_json(root / "tokenizer_config.json")

@@ -23,10 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data.gguf_file import GGUFFile, is_gguf
+from data.packaged_checkpoint import resolve_checkpoint_path
 from data.safetensors_io import SafetensorsFile
 from .encoder_families import ENCODER_FAMILIES
 from .families import DECODER_FAMILIES, Family
-from .packaged_checkpoint import resolve_checkpoint_path
+from .gguf import gguf_config_json, gguf_tensors
 from .vit_families import VIT_FAMILIES
 
 FAMILIES = {**DECODER_FAMILIES, **ENCODER_FAMILIES, **VIT_FAMILIES}
@@ -66,9 +68,14 @@ def family_of(raw: dict, file) -> Family:
 
 
 def load_config(path):
-    """The model config (DecoderConfig, EncoderConfig) from `path`/config.json alone."""
-    raw, file = read_config_json(path)
+    """The model config (DecoderConfig, EncoderConfig) from `path`/config.json (or a .gguf file's metadata) alone."""
+    raw, file = _config_fields(resolve_checkpoint_path(path))
     return family_of(raw, file).to_config(raw, file)
+
+
+def _config_fields(path: Path) -> tuple[dict, Path]:
+    """(config.json dict, the file it came from): a directory's config.json, or a .gguf file's metadata."""
+    return (gguf_config_json(GGUFFile(path)), path) if is_gguf(path) else read_config_json(path)
 
 
 # --- key mapping ------------------------------------------------------------------------------------
@@ -138,8 +145,11 @@ def _bin_sources(file: Path) -> dict:
 
 
 def checkpoint_sources(path) -> dict:
-    """{checkpoint key: _Source} over every weight file of the directory (shards through the index)."""
+    """{checkpoint key: _Source} over every weight file of the directory (shards through the index), or of
+    one .gguf file (dequantised on read)."""
     path = Path(path)
+    if is_gguf(path):
+        return {k: _Source(path, shape, read) for k, (shape, read) in gguf_tensors(GGUFFile(path)).items()}
     for index_name, single_name in WEIGHT_FILES:
         opener = _safetensors_sources if single_name.endswith(".safetensors") else _bin_sources
         index = path / index_name
@@ -233,7 +243,8 @@ def _head_labels(sources: dict, family: Family, where) -> int:
 
 
 def load_model(path, dtype=torch.float32, device="cpu", num_labels: int | None = None) -> nn.Module:
-    """The model of checkpoint directory `path` (or `package:<module>`), in `dtype` on `device`, in eval mode.
+    """The model of checkpoint directory `path` (or a .gguf file, or `package:<module>`), in `dtype` on
+    `device`, in eval mode.
 
     The kind (decoder, encoder) comes from config.json. `num_labels`: the size of the task head of a family
     that has one (encoders): the checkpoint's own head when it has one of that size, else a fresh head; None
@@ -243,7 +254,7 @@ def load_model(path, dtype=torch.float32, device="cpu", num_labels: int | None =
         raise ValueError(f"unsupported load dtype {dtype} (float32, bfloat16 or float16)")
     path = resolve_checkpoint_path(path)
     device = torch.device(device)
-    raw, file = read_config_json(path)
+    raw, file = _config_fields(path)
     family: Family = family_of(raw, file)
     cfg = family.to_config(raw, file)
     meta = device.type == "meta"

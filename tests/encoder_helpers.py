@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from models.packaged_checkpoint import packaged_checkpoint_dir
+from data.packaged_checkpoint import packaged_checkpoint_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,161 @@
+"""The paper's comparison on real pretrained weights: SmolLM2-135M-Instruct (configs/smollm2_gsm8k.yaml) fine-tuned on
+GSM8K train.jsonl with each method, scored on GSM8K test, through train.py and eval.py only.
+
+    python bench/smollm2_gsm8k.py --out bench/results/smollm2_gsm8k.md      # every method, 3 seeds (GPU)
+    python bench/smollm2_gsm8k.py --methods giva_secsv_r16 lora_r8 --seeds 0 1
+    python bench/smollm2_gsm8k.py --smoke                                   # seconds on a CPU: the path works
+                                                    (a tiny random Llama checkpoint in place of SmolLM2)
+
+1. Learning rate: for each method, train.py once per lr of its grid (seed 0); the lr of the lowest validation
+   answer loss (best_val_loss: the split held out of train.jsonl by data.shuffle_seed) is kept. The test set
+   plays no part in the choice.
+2. Seeds: train.py at that lr for each seed (seed 0's run is reused), then eval.py --task gsm8k --run (the
+   merged model's greedy accuracy on GSM8K test) and eval.py --run (val and test answer loss).
+3. The untrained model: one train.py run with lr 0 and one step (GiVA's dW = diag(lambda_o) B diag(lambda_s) A
+   is exactly 0 at init, lambda_o = 0, and stays 0), scored by the same two eval.py calls.
+Columns: method, rank, trainable parameters, GSM8K accuracy (mean ± std over seeds), test answer loss, the lr
+chosen, training time and peak GPU memory per run, and the train.py command of each row.
+"""
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import eval as evaluate  # noqa: E402
+import train  # noqa: E402
+from experiment import load_experiment  # noqa: E402
+
+CONFIG = REPO / "configs" / "smollm2_gsm8k.yaml"
+# name -> (adapter overrides, lr grid). Grids bracket each method's usual lr (GiVA/VeRA/OSoRA vectors ~1e-2,
+# LoRA ~5e-4, full fine-tuning ~2e-5); the validation split picks within them.
+METHODS = {
+    "giva_topsv_r16": ({"method": "giva", "r": 16, "init": "topsv"}, [5e-3, 1e-2, 2e-2]),
+    "giva_secsv_r16": ({"method": "giva", "r": 16, "init": "secsv"}, [5e-3, 1e-2, 2e-2]),
+    "giva_rand_r16": ({"method": "giva", "r": 16, "init": "rand"}, [5e-3, 1e-2, 2e-2]),
+    "vera_r256": ({"method": "vera", "r": 256, "d_initial": 1.0}, [5e-3, 1e-2, 2e-2]),
+    "osora_r256": ({"method": "osora", "r": 256}, [5e-3, 1e-2, 2e-2]),
+    "lora_r8": ({"method": "lora", "r": 8, "alpha": 16.0}, [2e-4, 5e-4, 1e-3]),
+    "full": ({"method": "full"}, [1e-5, 2e-5, 5e-5]),
+}
+UNTRAINED = ({"method": "giva", "r": 16, "init": "secsv"}, 0.0)
+
+
+def _sets(args, name: str, adapter: dict, lr: float, seed: int, out_dir: Path) -> dict:
+    sets = {**args.base_sets, **{f"adapter.{k}": v for k, v in adapter.items()},
+            "train.name": name, "train.out_dir": str(out_dir), "train.seed": seed, "train.lr": lr,
+            "adapter.svd_seed": seed, "adapter.vera_seed": seed, "adapter.lora_seed": seed, "probe.seed": seed}
+    if lr == 0.0:  # the untrained model: one step at lr 0 leaves dW = 0
+        sets["train.max_steps"] = 1
+    return sets
+
+
+def run_train(args, name, adapter, lr, seed, out_dir) -> tuple[dict, str]:
+    sets = _sets(args, name, adapter, lr, seed, out_dir)
+    argv = [str(CONFIG)] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    summary = train.main(argv)
+    return summary, "python train.py " + " ".join([str(CONFIG.relative_to(REPO))] + [f"--set {k}={v}" for k, v in sets.items()])
+
+
+def score(args, run: Path) -> dict:
+    """GSM8K test accuracy (eval.py --task gsm8k --run) and the answer losses (eval.py --run) of a finished run."""
+    limits = ["--limit", str(args.limit)] if args.limit else []
+    accuracy = evaluate.main(["--task", "gsm8k", "--run", str(run), *limits, *args.eval_args])["accuracy"]
+    losses = evaluate.main(["--run", str(run)])
+    return {"accuracy": accuracy, "val_answer_loss": losses["val_answer_loss"],
+            "test_answer_loss": losses["test_answer_loss"]}
+
+
+def one_row(args, label, adapter, grid, out_dir: Path) -> dict:
+    """Pick the lr on the validation split (seed 0), then train and score every seed at it."""
+    trials = {}
+    for lr in grid:
+        summary, command = run_train(args, f"{label}_lr{lr:g}_s{args.seeds[0]}", adapter, lr, args.seeds[0], out_dir)
+        trials[lr] = (summary, command)
+        print(json.dumps({"method": label, "lr": lr, "best_val_loss": summary["best_val_loss"]}), flush=True)
+    lr = min(trials, key=lambda x: trials[x][0]["best_val_loss"])
+    runs = [(args.seeds[0], *trials[lr])]
+    for seed in args.seeds[1:]:
+        runs.append((seed, *run_train(args, f"{label}_lr{lr:g}_s{seed}", adapter, lr, seed, out_dir)))
+    scored = []
+    for seed, summary, command in runs:
+        r = {**score(args, out_dir / summary["name"]), "seed": seed, "trainable": summary["trainable_params"],
+             "train_time_s": summary["train_time_s"], "peak_gpu_mem_gib": summary.get("peak_gpu_mem_gib"),
+             "command": command}
+        print(json.dumps({"method": label, **r}), flush=True)
+        scored.append(r)
+    return {"method": label, "rank": adapter.get("r", "-") if lr else "-", "lr": lr,
+            "lr_grid": {f"{x:g}": trials[x][0]["best_val_loss"] for x in grid}, "runs": scored}
+
+
+def _ms(values, scale=1.0, digits=1) -> str:
+    values = [scale * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| method | rank | trainable params | lr (val-chosen) | GSM8K acc % | test answer loss | "
+             "train time s | peak GPU GiB |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        runs = row["runs"]
+        mem = [r["peak_gpu_mem_gib"] for r in runs if r["peak_gpu_mem_gib"] is not None]
+        lines.append(f"| {row['method']} | {row['rank']} | {runs[0]['trainable'] if row['lr'] else 0:,} | {row['lr']:g} | "
+                     f"{_ms([r['accuracy'] for r in runs], 100)} | {_ms([r['test_answer_loss'] for r in runs], digits=4)} | "
+                     f"{_ms([r['train_time_s'] for r in runs])} | {_ms(mem, digits=2) if mem else '-'} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--limit", type=int, default=0, help="> 0: only the first N GSM8K test problems for accuracy")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="an extra override for every train.py run (e.g. train.epochs=1)")
+    p.add_argument("--smoke", action="store_true", help="a tiny random Llama, two methods, two lrs, one seed, a few "
+                                                        "examples and steps")
+    p.add_argument("--out", help="write the markdown table (and a .jsonl of every run beside it)")
+    args = p.parse_args()
+    args.base_sets = {"train.device": args.device}
+    args.eval_args = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.smoke:
+            test = tmp / "test.jsonl"
+            test.write_text("".join(Path(load_experiment(CONFIG).eval.path).read_text().splitlines(True)[:2]))
+            args.methods, args.seeds, args.limit = ["giva_secsv_r16", "lora_r8"], [0], 2
+            args.base_sets.update({"model.path": str(tmp / "tiny_llama"), "model.random_init": "{family: llama, seed: 0}",
+                                   "data.n_train": 8, "data.n_val": 4, "data.max_tokens": 32, "train.batch_size": 4,
+                                   "train.micro_batch_size": 4, "train.max_steps": 2, "train.val_per_epoch": 1,
+                                   "data.cache_dir": str(tmp / "cache"), "eval.path": str(test),
+                                   "train.cpu_threads": 2})
+            args.eval_args = ["--max-new-tokens", "4", "--batch-size", "2"]
+        for item in args.set:
+            key, _, value = item.partition("=")
+            args.base_sets[key] = value
+        grids = {m: METHODS[m][1][:2] if args.smoke else METHODS[m][1] for m in args.methods}
+        rows = [one_row(args, "untrained", UNTRAINED[0], [UNTRAINED[1]], tmp / "runs")]
+        rows += [one_row(args, m, METHODS[m][0], grids[m], tmp / "runs") for m in args.methods]
+    text = table(rows)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+        header = f"Command: `python bench/smollm2_gsm8k.py {' '.join(sys.argv[1:])}` on {args.device} ({device}).\n\n"
+        commands = "".join(f"- {row['method']}: `{row['runs'][0]['command']}`\n" for row in rows)
+        out.write_text(header + text + "\n\nThe train.py command of each row (seed 0; the others change train.seed and "
+                       "the adapter seeds):\n\n" + commands)
+        out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+if __name__ == "__main__":
+    main()
