@@ -133,7 +133,7 @@ def base_fingerprint(model: nn.Module, cfg: AdapterConfig, samples: int = 64) ->
         w = weights[name].detach()
         if w.device.type == "meta":
             return ""
-        picks = torch.linspace(0, w.numel() - 1, samples, device=w.device).long()
+        picks = torch.arange(samples, device=w.device) * (w.numel() - 1) // (samples - 1)  # exact int64
         digest.update(f"{name}{tuple(w.shape)}".encode())
         digest.update(w.flatten()[picks].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
