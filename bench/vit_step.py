@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import common as C
+from train_step import make_step  # the same step: forward, loss, backward, AdamW, zero_grad
 
 CONFIGS = C.REPO / "tests" / "model_configs"
 NUM_LABELS = 100
@@ -79,20 +80,6 @@ def measure(step, device, images: int, warmup: int, iters: int) -> dict:
     finally:
         C.free_memory(device)
     return {"images_per_s": images / seconds, "step_ms": seconds * 1e3, "peak_gib": peak, "loss": loss}
-
-
-def make_step(loss_fn, params, device):
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
-
-    def step():
-        with C.autocast(device):
-            loss = loss_fn()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step.loss = loss.detach()
-
-    return step
 
 
 def run_ours(shape: Shape, method: str, ac_modes, device, args) -> dict:

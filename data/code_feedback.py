@@ -9,10 +9,10 @@ the paper trained on.
              official `"```".join(answer.split("```")[:2]) + "```"` does.
 The pairs go through data/collate.py's build_example like MetaMathQA's.
 """
-import json
 from pathlib import Path
 
 from data.alpaca import prompt as alpaca_prompt
+from data.text_files import read_jsonl
 
 FENCE = "```"
 TRAIN_ROWS = range(0, 100_000)
@@ -33,25 +33,14 @@ def read_rows(path, n_rows: int | None = None) -> list[tuple[str, str]]:
     """(query, answer) of the first n_rows rows (all when None), in file order; blank lines are skipped.
     Errors name the file and line: malformed JSON, a missing or non-string field, too few rows."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: CodeFeedback-Filtered-Instruction file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if n_rows is not None and len(rows) == n_rows:
-                break
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {line_no}: malformed JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {line_no}: expected a JSON object")
-            for key in ("query", "answer"):
-                if not isinstance(record.get(key), str):
-                    raise ValueError(f"{path}, line {line_no}: field '{key}' is missing or not a string")
-            rows.append((record["query"], record["answer"]))
+    for line_no, record in read_jsonl(path, "CodeFeedback-Filtered-Instruction"):
+        if n_rows is not None and len(rows) == n_rows:
+            break
+        for key in ("query", "answer"):
+            if not isinstance(record.get(key), str):
+                raise ValueError(f"{path}, line {line_no}: field '{key}' is missing or not a string")
+        rows.append((record["query"], record["answer"]))
     if n_rows is not None and len(rows) < n_rows:
         raise ValueError(f"{path}: {len(rows)} rows, fewer than the {n_rows} needed")
     return rows

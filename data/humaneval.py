@@ -11,8 +11,6 @@ A completion is scored as OpenAI's human-eval scores it: the program prompt + co
 The model answers with the entire function, which the program defines a second time after the prompt's
 own signature and docstring; the second definition is the one `check` sees.
 """
-import gzip
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 from data.alpaca import prompt as alpaca_prompt
 from data.collate import special_ids
 from data.sandbox import run_programs
+from data.text_files import read_jsonl
 
 # The instruction and response prefix of the official `src/utils/common.py::ALPACA_PREFIX_TEMPLATE`, whose
 # whole string is exactly NO_INPUT(instruction) + RESPONSE_PREFIX; {code} is the problem's prompt, unchanged.
@@ -53,27 +52,10 @@ class Problem:
 def read_problems(path) -> list[Problem]:
     """The problems of a HumanEval JSONL file (gzip if the name ends .gz); errors name the file, line and field."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: HumanEval file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    problems = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    problems.append(_problem(path, line_no, line))
-    except (OSError, EOFError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
-        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
-    return problems
+    return [_problem(path, line_no, record) for line_no, record in read_jsonl(path, "HumanEval")]
 
 
-def _problem(path: Path, line_no: int, line: str) -> Problem:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {line_no}: malformed JSON ({e})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}, line {line_no}: expected a JSON object")
+def _problem(path: Path, line_no: int, record: dict) -> Problem:
     for key in ("task_id", "prompt", "entry_point", "canonical_solution", "test"):
         if not isinstance(record.get(key), str):
             raise ValueError(f"{path}, line {line_no}: field '{key}' is missing or not a string")

@@ -27,6 +27,7 @@ from pathlib import Path
 from data.alpaca import PREAMBLE
 from data.collate import special_ids
 from data.safetensors_io import atomic_file
+from data.text_files import read_jsonl
 
 SEPARATOR = "\n\n"
 TURN_END = "</s>"
@@ -40,21 +41,7 @@ class Question:
 
 
 def _read_jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: MT-Bench {what} file not found")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {line_no}: malformed JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {line_no}: expected a JSON object")
-            records.append((line_no, record))
-    return records
+    return list(read_jsonl(path, f"MT-Bench {what}"))
 
 
 def _field(path: Path, line_no: int, record: dict, key: str, kind):
