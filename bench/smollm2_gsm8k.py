@@ -11,8 +11,7 @@ GSM8K train.jsonl with each method, scored on GSM8K test, through train.py and e
    plays no part in the choice.
 2. Seeds: train.py at that lr for each seed (seed 0's run is reused), then eval.py --task gsm8k --run (the
    merged model's greedy accuracy on GSM8K test) and eval.py --run (val and test answer loss).
-3. The untrained model: one train.py run with lr 0 and one step (GiVA's dW = diag(lambda_o) B diag(lambda_s) A
-   is exactly 0 at init, lambda_o = 0, and stays 0), scored by the same two eval.py calls.
+3. The untrained model: eval.py --task gsm8k --model (the bare checkpoint, nothing merged), same decoding.
 Columns: method, rank, trainable parameters, GSM8K accuracy (mean ± std over seeds), test answer loss, the lr
 chosen, training time and peak GPU memory per run, and the train.py command of each row.
 """
@@ -44,15 +43,12 @@ METHODS = {
     "lora_r8": ({"method": "lora", "r": 8, "alpha": 16.0}, [2e-4, 5e-4, 1e-3]),
     "full": ({"method": "full"}, [1e-5, 2e-5, 5e-5]),
 }
-UNTRAINED = ({"method": "giva", "r": 16, "init": "secsv"}, 0.0)
 
 
 def _sets(args, name: str, adapter: dict, lr: float, seed: int, out_dir: Path) -> dict:
     sets = {**args.base_sets, **{f"adapter.{k}": v for k, v in adapter.items()},
             "train.name": name, "train.out_dir": str(out_dir), "train.seed": seed, "train.lr": lr,
             "adapter.svd_seed": seed, "adapter.vera_seed": seed, "adapter.lora_seed": seed, "probe.seed": seed}
-    if lr == 0.0:  # the untrained model: one step at lr 0 leaves dW = 0
-        sets["train.max_steps"] = 1
     return sets
 
 
@@ -63,10 +59,13 @@ def run_train(args, name, adapter, lr, seed, out_dir) -> tuple[dict, str]:
     return summary, "python train.py " + " ".join([str(CONFIG.relative_to(REPO))] + [f"--set {k}={v}" for k, v in sets.items()])
 
 
+def _gsm8k_args(args) -> list[str]:
+    return ["--task", "gsm8k", *(["--limit", str(args.limit)] if args.limit else []), *args.eval_args]
+
+
 def score(args, run: Path) -> dict:
     """GSM8K test accuracy (eval.py --task gsm8k --run) and the answer losses (eval.py --run) of a finished run."""
-    limits = ["--limit", str(args.limit)] if args.limit else []
-    accuracy = evaluate.main(["--task", "gsm8k", "--run", str(run), *limits, *args.eval_args])["accuracy"]
+    accuracy = evaluate.main([*_gsm8k_args(args), "--run", str(run)])["accuracy"]
     losses = evaluate.main(["--run", str(run)])
     return {"accuracy": accuracy, "val_answer_loss": losses["val_answer_loss"],
             "test_answer_loss": losses["test_answer_loss"]}
@@ -90,11 +89,25 @@ def one_row(args, label, adapter, grid, out_dir: Path) -> dict:
              "command": command}
         print(json.dumps({"method": label, **r}), flush=True)
         scored.append(r)
-    return {"method": label, "rank": adapter.get("r", "-") if lr else "-", "lr": lr,
+    return {"method": label, "rank": adapter.get("r", "-"), "lr": lr,
             "lr_grid": {f"{x:g}": trials[x][0]["best_val_loss"] for x in grid}, "runs": scored}
 
 
+def untrained_row(args, out_dir: Path) -> dict:
+    """The bare checkpoint scored by eval.py --task gsm8k --model with the same decoding: no training, no loss."""
+    model = args.base_sets.get("model.path") or load_experiment(CONFIG).model.path
+    data = ["--data", args.base_sets["eval.path"]] if "eval.path" in args.base_sets else []
+    argv = [*_gsm8k_args(args), "--model", str(model), *data, "--out", str(out_dir / "untrained_gsm8k.jsonl")]
+    accuracy = evaluate.main(argv)["accuracy"]
+    run = {"accuracy": accuracy, "test_answer_loss": None, "seed": None, "trainable": 0, "train_time_s": None,
+           "peak_gpu_mem_gib": None, "command": "python eval.py " + " ".join(argv)}
+    print(json.dumps({"method": "untrained", **run}), flush=True)
+    return {"method": "untrained", "rank": "-", "lr": None, "lr_grid": {}, "runs": [run]}
+
+
 def _ms(values, scale=1.0, digits=1) -> str:
+    if None in values:
+        return "-"
     values = [scale * v for v in values]
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
@@ -107,7 +120,8 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         runs = row["runs"]
         mem = [r["peak_gpu_mem_gib"] for r in runs if r["peak_gpu_mem_gib"] is not None]
-        lines.append(f"| {row['method']} | {row['rank']} | {runs[0]['trainable'] if row['lr'] else 0:,} | {row['lr']:g} | "
+        lr = "-" if row["lr"] is None else f"{row['lr']:g}"
+        lines.append(f"| {row['method']} | {row['rank']} | {runs[0]['trainable']:,} | {lr} | "
                      f"{_ms([r['accuracy'] for r in runs], 100)} | {_ms([r['test_answer_loss'] for r in runs], digits=4)} | "
                      f"{_ms([r['train_time_s'] for r in runs])} | {_ms(mem, digits=2) if mem else '-'} |")
     return "\n".join(lines)
@@ -143,8 +157,8 @@ def main():
             key, _, value = item.partition("=")
             args.base_sets[key] = value
         grids = {m: METHODS[m][1][:2] if args.smoke else METHODS[m][1] for m in args.methods}
-        rows = [one_row(args, "untrained", UNTRAINED[0], [UNTRAINED[1]], tmp / "runs")]
-        rows += [one_row(args, m, METHODS[m][0], grids[m], tmp / "runs") for m in args.methods]
+        rows = [one_row(args, m, METHODS[m][0], grids[m], tmp / "runs") for m in args.methods]
+        rows.insert(0, untrained_row(args, tmp))  # after a train.py run has written a smoke run's random checkpoint
     text = table(rows)
     print(text)
     if args.out:
@@ -152,7 +166,7 @@ def main():
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
         header = f"Command: `python bench/smollm2_gsm8k.py {' '.join(sys.argv[1:])}` on {args.device} ({device}).\n\n"
         commands = "".join(f"- {row['method']}: `{row['runs'][0]['command']}`\n" for row in rows)
-        out.write_text(header + text + "\n\nThe train.py command of each row (seed 0; the others change train.seed and "
+        out.write_text(header + text + "\n\nThe command of each row (seed 0; the others change train.seed and "
                        "the adapter seeds):\n\n" + commands)
         out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
