@@ -141,11 +141,12 @@ def main():
     args = p.parse_args()
     args.base_sets = {"train.device": args.device}
     args.eval_args = []
+    extra = dict(item.partition("=")[::2] for item in args.set)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.smoke:
-            test = tmp / "test.jsonl"
-            test.write_text("".join(Path(load_experiment(CONFIG).eval.path).read_text().splitlines(True)[:2]))
+            test, source = tmp / "test.jsonl", extra.get("eval.path") or load_experiment(CONFIG).eval.path
+            test.write_text("".join(Path(source).read_text().splitlines(True)[:2]))
             args.methods, args.seeds, args.limit = ["giva_secsv_r16", "lora_r8"], [0], 2
             args.base_sets.update({"model.path": str(tmp / "tiny_llama"), "model.random_init": "{family: llama, seed: 0}",
                                    "data.n_train": 8, "data.n_val": 4, "data.max_tokens": 32, "train.batch_size": 4,
@@ -153,9 +154,7 @@ def main():
                                    "data.cache_dir": str(tmp / "cache"), "eval.path": str(test),
                                    "train.cpu_threads": 2})
             args.eval_args = ["--max-new-tokens", "4", "--batch-size", "2"]
-        for item in args.set:
-            key, _, value = item.partition("=")
-            args.base_sets[key] = value
+        args.base_sets.update({k: v for k, v in extra.items() if not (args.smoke and k == "eval.path")})
         grids = {m: METHODS[m][1][:2] if args.smoke else METHODS[m][1] for m in args.methods}
         rows = [one_row(args, m, METHODS[m][0], grids[m], tmp / "runs") for m in args.methods]
         rows.insert(0, untrained_row(args, tmp))  # after a train.py run has written a smoke run's random checkpoint

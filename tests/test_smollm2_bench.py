@@ -13,8 +13,9 @@ from conftest import REPO
 def test_smollm2_gsm8k_sweep_smoke(shared_data, tmp_path):
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "smollm2_gsm8k.py"), "--smoke", "--device", "cpu",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "GIVA_DATA": str(shared_data)})
+                           "--out", str(out), "--set", f"data.path={shared_data / 'gsm8k' / 'train.jsonl'}",
+                           "--set", f"eval.path={shared_data / 'gsm8k' / 'test.jsonl'}"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [r.split(" | ")[0].strip("| ") for r in rows] == ["untrained", "giva_secsv_r16", "lora_r8"]
