@@ -3,6 +3,7 @@ GSM8K train.jsonl with each method, scored on GSM8K test, through train.py and e
 
     python bench/smollm2_gsm8k.py --out bench/results/smollm2_gsm8k.md      # every method, 3 seeds (GPU)
     python bench/smollm2_gsm8k.py --methods giva_secsv_r16 lora_r8 --seeds 0 1
+    python bench/smollm2_gsm8k.py --middle-lr --seeds 0 --limit 64 --set data.n_train=128 ...  # a CPU-sized table
     python bench/smollm2_gsm8k.py --smoke                                   # seconds on a CPU: the path works
                                                     (a tiny random Llama checkpoint in place of SmolLM2)
 
@@ -132,6 +133,8 @@ def main():
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--limit", type=int, default=0, help="> 0: only the first N GSM8K test problems for accuracy")
+    p.add_argument("--middle-lr", action="store_true",
+                   help="no lr choice: each method at the middle of its grid (a CPU-sized run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="an extra override for every train.py run (e.g. train.epochs=1)")
@@ -155,7 +158,8 @@ def main():
                                    "train.cpu_threads": 2})
             args.eval_args = ["--max-new-tokens", "4", "--batch-size", "2"]
         args.base_sets.update({k: v for k, v in extra.items() if not (args.smoke and k == "eval.path")})
-        grids = {m: METHODS[m][1][:2] if args.smoke else METHODS[m][1] for m in args.methods}
+        grids = {m: METHODS[m][1][:2] if args.smoke else [METHODS[m][1][1]] if args.middle_lr else METHODS[m][1]
+                 for m in args.methods}
         rows = [one_row(args, m, METHODS[m][0], grids[m], tmp / "runs") for m in args.methods]
         rows.insert(0, untrained_row(args, tmp))  # after a train.py run has written a smoke run's random checkpoint
     text = table(rows)
