@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 import giva
 from data import load_tokenizer
@@ -42,8 +43,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs/olmo2_metamath.yaml"
 
 
 def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device, num_labels=None,
-                  allow_other_base=False):
-    """The base checkpoint, with `run`'s adapter (bases + `checkpoint` tensors) merged in when given."""
+                  allow_other_base=False, merge=True):
+    """The base checkpoint, with `run`'s adapter (bases + `checkpoint` tensors) merged in when given
+    (merge=False: loaded beside the weights, as trained)."""
     if run is not None:
         vectors = run / f"{checkpoint}.safetensors"
         if not (run / "adapter.safetensors").is_file():
@@ -54,7 +56,8 @@ def load_for_eval(model_path, run: Path | None, checkpoint: str, dtype, device, 
     if run is not None:
         giva.load_adapter(model, run / "adapter.safetensors", allow_other_base=allow_other_base)  # bases, initial
         giva.load_adapter(model, vectors, allow_other_base=allow_other_base)  # the trained tensors replace them
-        giva.merge_adapters(model)
+        if merge:
+            giva.merge_adapters(model)
     return model.eval()
 
 
@@ -68,6 +71,7 @@ def batched_generator(model, tok, *, max_new_tokens, num_beams, batch_size, stat
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         texts = [None] * len(prompts)
         start = time.perf_counter()
+        bar = tqdm(total=len(prompts), unit="prompt", desc="generate", dynamic_ncols=True, leave=False)
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
             new = generate(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens, num_beams=num_beams,
@@ -75,6 +79,8 @@ def batched_generator(model, tok, *, max_new_tokens, num_beams, batch_size, stat
             for i, tokens in zip(chunk, new):
                 texts[i] = tok.decode([t for t in tokens if t != eos and t < tok.vocab_size])
                 stats["new_tokens"] += len(tokens)
+            bar.update(len(chunk))
+        bar.close()
         stats["generation_time_s"] += time.perf_counter() - start
         return texts
     return generate_texts

@@ -19,6 +19,9 @@ What a method owns, as the rest of giva/ sees it (inject.py and adapter_file.py 
     shared_bases(cfg, m_max, n_max, device) -> SharedBases | None  one copy for every layer (VeRA, RandLoRA)
     __init__(linear, cfg, name, shared, bases)   bases None: placeholders that a file load fills, then finish_load()
     attach(model, cfg, targets, bases) -> {parameter name: parameter}   wraps every target; the trainable tensors
+    peft_type         peft's name for the method where peft has it (else None); then peft_config(cfg), the
+                      method's fields of peft's adapter_config.json, peft_tensors(), one layer's tensors under
+                      peft's names, and peft_shared(shared), the shared bases under theirs (export.py --peft)
 giva/full.py implements the same class-level members for full fine-tuning, which wraps nothing.
 
 The scaling vectors of GiVA, VeRA and OSoRA (and LoRA's scalar) are folded into the thin bases before the
@@ -66,6 +69,7 @@ class AdaptedLinear(nn.Module):
     wraps_targets = True
     trainable_names: tuple[str, ...] = ()
     basis_names: tuple[str, ...] = ()
+    peft_type: str | None = None
 
     @classmethod
     def check_config(cls, cfg):
@@ -156,6 +160,17 @@ class AdaptedLinear(nn.Module):
 
     def bases(self) -> dict[str, torch.Tensor]:
         return {n: getattr(self, n) for n in self.basis_names}
+
+    @classmethod
+    def peft_config(cls, cfg) -> dict:
+        raise NotImplementedError
+
+    def peft_tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def peft_shared(shared: SharedBases | None) -> dict[str, torch.Tensor]:
+        return {}
 
     def finish_load(self):
         """Called once after a file filled this freshly built layer's bases (OSoRA rebuilds W_res)."""

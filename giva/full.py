@@ -12,6 +12,7 @@ class FullFineTuning:
     method = "full"
     needs_gradient = False
     wraps_targets = False
+    peft_type = None  # a full run's result is the merged model (export.py without --peft)
 
     @classmethod
     def check_config(cls, cfg):

@@ -19,6 +19,14 @@ from giva.numerics import layer_seed
 class LoraLinear(AdaptedLinear):
     method = "lora"
     trainable_names = ("lora_A", "lora_B")
+    peft_type = "LORA"
+
+    @classmethod
+    def peft_config(cls, cfg):
+        return {"r": cfg.r, "lora_alpha": cfg.alpha, "use_rslora": cfg.use_rslora, "lora_dropout": cfg.dropout}
+
+    def peft_tensors(self):
+        return {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}  # peft's nn.Linear(n, r), (r, m)
 
     @classmethod
     def check_config(cls, cfg):

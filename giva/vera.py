@@ -36,6 +36,19 @@ def vera_shared_bases(r: int, m_max: int, n_max: int, seed: int, device) -> Shar
 class VeraLinear(AdaptedLinear):
     method = "vera"
     trainable_names = ("vera_lambda_b", "vera_lambda_d")
+    peft_type = "VERA"
+
+    @classmethod
+    def peft_config(cls, cfg):  # save_projection: the bases travel in the file, not only their seed
+        return {"r": cfg.r, "d_initial": cfg.d_initial, "projection_prng_key": cfg.vera_seed, "save_projection": True,
+                "vera_dropout": cfg.dropout}
+
+    def peft_tensors(self):
+        return {"vera_lambda_b": self.vera_lambda_b, "vera_lambda_d": self.vera_lambda_d}
+
+    @staticmethod
+    def peft_shared(shared):
+        return {"vera_A": shared.vera_A, "vera_B": shared.vera_B}  # (r, n_max), (m_max, r), as peft's
 
     @classmethod
     def shared_bases(cls, cfg, m_max, n_max, device):

@@ -52,7 +52,7 @@ def test_empty_gsm8k_file_is_an_error(tmp_path):
         eval_script.evaluate_benchmark(None, load_tokenizer(tmp_path), ev)
 
 
-def test_bare_model_command_line(tmp_path):
+def test_bare_model_command_line(tmp_path, capsys):
     torch.set_num_threads(1)  # tiny matrices; the autouse fixture restores the thread count
     ckpt = write_random_checkpoint(tmp_path / "ckpt", family="llama", seed=1)
     write_gsm8k_jsonl(tmp_path / "g.jsonl", 5)
@@ -65,6 +65,8 @@ def test_bare_model_command_line(tmp_path):
     saved = json.loads((tmp_path / "preds.jsonl.metrics.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"] == 0.0 and saved["model"] == str(ckpt)
     assert saved["max_new_tokens"] == 40 and saved["new_tokens_per_s"] > 0
+    err = capsys.readouterr().err
+    assert "generate:" in err and "/3 [" in err  # eval.py's progress bar over the 3 prompts
 
 
 def test_compile_flag_reaches_the_model(tmp_path, monkeypatch):
