@@ -107,6 +107,8 @@ class TrainSection:
     select_by: str = _choices("val_loss", "val_metric")  # the best checkpoint: lowest loss, or highest
                                                          # task metric (tasks with evaluate(), e.g. GLUE)
     log_every: int = 10            # optimizer steps between metrics.jsonl lines (one host sync each)
+    tensorboard: bool = False      # also every metrics.jsonl value as TensorBoard scalars in <run>/tensorboard
+                                   # (pip install -e ".[tensorboard]"; tensorboard --logdir runs)
     loss_chunk: int = 256          # sequence positions per chunk of the chunked cross-entropy
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory
     compile: bool = False          # torch.compile each block after the adapters are in place

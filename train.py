@@ -22,6 +22,7 @@ The run directory out_dir/name/ holds (every file written atomically):
     last.safetensors       the trained tensors at the end (no bases)
     state.pt               resumable state: trained tensors, optimizer, step (= data position and schedule), RNG
     metrics.jsonl          one JSON line per logged step and per validation
+    tensorboard/           (train.tensorboard: true) the same values as TensorBoard scalars
     summary.json           training time excluding validation, parameters, best validation loss, ...
 
 --resume reloads the bases and state.pt and continues; the data order is a pure function of
@@ -31,6 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -212,19 +214,33 @@ def load_state(run, model, optimizer, device) -> dict:
 
 
 class Metrics:
-    """metrics.jsonl, cut back on resume to the lines the checkpoint had seen."""
+    """metrics.jsonl, cut back on resume to the lines the checkpoint had seen; with `tensorboard` (a folder)
+    every value also as a TensorBoard scalar at its step, events past the resumed step purged."""
 
-    def __init__(self, path: Path, keep_lines: int | None):
+    def __init__(self, path: Path, keep_lines: int | None, tensorboard: Path | None = None, step: int = 0):
         self.path = path
         lines = path.read_text().splitlines(keepends=True)[:keep_lines] if keep_lines is not None else []
         with atomic_file(path, "w") as f:
             f.writelines(lines)
         self.lines = len(lines)
+        self.board = None
+        if tensorboard is not None:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked in main)
+            self.board = SummaryWriter(str(tensorboard), purge_step=step + 1 if keep_lines is not None else None)
 
     def write(self, record: dict):
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         self.lines += 1
+        if self.board is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self.board.add_scalar(key, value, record["step"])
+            self.board.flush()
+
+    def close(self):
+        if self.board is not None:
+            self.board.close()
 
 
 # ---- the loop ----
@@ -376,6 +392,8 @@ def main(argv=None):
         return print(yaml.safe_dump(exp.to_dict(), sort_keys=False), end="")
     if args.dry_run:
         return dry_run(exp)
+    if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install -e \".[tensorboard]\"")
     run, resuming = prepare_run_dir(exp, args.resume)
     device, dtype, autocast = runtime(exp.model, exp.train)
 
@@ -431,7 +449,8 @@ def main(argv=None):
     torch.manual_seed(t.seed)  # dropout's RNG, seeded here so that nothing done in setup shifts it
     if resuming:
         progress.update(load_state(run, model, optimizer, device))
-    metrics = Metrics(run / "metrics.jsonl", progress["metrics_lines"] if resuming else None)
+    metrics = Metrics(run / "metrics.jsonl", progress["metrics_lines"] if resuming else None,
+                      run / "tensorboard" if t.tensorboard else None, progress["step"])
     if hasattr(task, "evaluate") and not resuming:
         with autocast():
             before = {f"val_{k}_before": v for k, v in task.evaluate(model, task.val).items()}
@@ -518,6 +537,7 @@ def main(argv=None):
                 save_state(run, model, optimizer, progress)
             window_start = time.perf_counter()
     bar.close()
+    metrics.close()
     if progress["step"] < total_steps:
         print(f"stopped after step {progress['step']} of {total_steps} (train.max_steps_this_invocation); "
               f"continue with --resume")
