@@ -25,3 +25,9 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
         from giva import merge_adapters
         merge_adapters(scope["fresh_model"])
         torch.testing.assert_close(scope["fresh_model"](ids), scope["model"](ids))
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (REPO / "README.md").read_text()
+    command = readme.split("Tests (the exact command CI runs):", 1)[1].split("\n\n")[1].strip()
+    assert command.endswith("python -m pytest -q") and command in (REPO / ".ci" / "run").read_text().splitlines()
