@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import distributed
 import giva
 from data import load_tokenizer
 from data.benchmarks import BENCHMARKS
@@ -69,20 +70,22 @@ def batched_generator(model, tok, *, max_new_tokens, num_beams, batch_size, stat
 
     def generate_texts(prompts: list[list[int]]) -> list[str]:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        texts = [None] * len(prompts)
+        chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        mine = {}  # prompt index -> (text, new tokens) of this rank's batches (every batch under one process)
         start = time.perf_counter()
-        bar = tqdm(total=len(prompts), unit="prompt", desc="generate", dynamic_ncols=True, leave=False)
-        for s in range(0, len(order), batch_size):
-            chunk = order[s:s + batch_size]
+        bar = tqdm(total=len(prompts), unit="prompt", desc="generate", dynamic_ncols=True, leave=False,
+                   disable=not distributed.is_main())
+        for chunk in distributed.share(chunks):
             new = generate(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens, num_beams=num_beams,
                            eos_id=eos, pad_id=pad)
             for i, tokens in zip(chunk, new):
-                texts[i] = tok.decode([t for t in tokens if t != eos and t < tok.vocab_size])
-                stats["new_tokens"] += len(tokens)
-            bar.update(len(chunk))
+                mine[i] = (tok.decode([t for t in tokens if t != eos and t < tok.vocab_size]), len(tokens))
+            bar.update(len(chunk) * distributed.world())
         bar.close()
+        done = {i: r for part in distributed.gather_objects(mine) for i, r in part.items()}  # in prompt order below
+        stats["new_tokens"] += sum(n for _, n in done.values())
         stats["generation_time_s"] += time.perf_counter() - start
-        return texts
+        return [done[i][0] for i in range(len(prompts))]
     return generate_texts
 
 
@@ -168,10 +171,11 @@ def main(argv=None):
                  compile=ev.compile if args.compile is None else args.compile)
     out = args.out or (Path("runs") / f"{args.model.name}_{args.task}.jsonl" if run is None
                        else run / f"{args.task}_{ev.checkpoint}_predictions.jsonl")
-    if exp is not None:
-        ensure_inputs(exp)  # a smoke config's random checkpoint and synthetic problems, when missing
-
     device, dtype, _ = runtime(*((exp.model, exp.train) if exp is not None else (ModelSection(), TrainSection())))
+    device = distributed.setup(device)  # under torchrun: the prompts' batches are divided among the ranks
+    if exp is not None:
+        with distributed.main_first():
+            ensure_inputs(exp)  # a smoke config's random checkpoint and synthetic problems, when missing
     model = load_for_eval(model_path, run, ev.checkpoint, dtype, device, allow_other_base=args.allow_other_base)
     tok = load_tokenizer(resolve_checkpoint_path(model_path))
     if ev.compile:
@@ -180,6 +184,8 @@ def main(argv=None):
                                           model_id=run.name if run is not None else model_path.name)
     metrics.update(model=str(model_path), run=str(run) if run else None,
                    adapter=ev.checkpoint if run else None, data=ev.path)
+    if not distributed.is_main():
+        return metrics
     with atomic_file(out, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     metrics_path = out.with_name(out.name + ".metrics.json")
@@ -191,4 +197,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli(main)
+    try:
+        cli(main)
+    finally:
+        distributed.shutdown()

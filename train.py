@@ -43,6 +43,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+import distributed
 import giva
 from data.safetensors_io import atomic_file
 from data.tasks import build_task
@@ -95,11 +96,13 @@ def speed_options(model, t):
 
 @contextlib.contextmanager
 def phase(what: str):
-    """Print `what`, then its time once done: loading a 7B model, its probe and its SVD bases take minutes."""
-    print(f"{what} ...", flush=True)
+    """Print `what`, then its time once done: loading a 7B model, its probe and its SVD bases take minutes.
+    (Rank 0 prints for all under torchrun.)"""
+    say = print if distributed.is_main() else lambda *a, **k: None
+    say(f"{what} ...", flush=True)
     start = time.perf_counter()
     yield
-    print(f"{what}: {time.perf_counter() - start:.1f} s", flush=True)
+    say(f"{what}: {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def probe_batches(exp, task):
@@ -120,6 +123,16 @@ def probe_loss(autocast):
             loss_sum, n = model.loss(batch)
         return loss_sum / n.clamp(min=1), n.item()
     return loss_fn
+
+
+def bases_of_every_rank(model, acfg, grads, device) -> dict:
+    """giva.compute_bases; under torchrun each rank computes its share of the targets' bases (the SVDs divided
+    among the ranks) and every rank then gets them all."""
+    if distributed.world() == 1:
+        return giva.compute_bases(model, acfg, grads)
+    mine = giva.compute_bases(model, acfg, grads, share=distributed.share)
+    parts = distributed.gather_objects({n: {k: t.cpu() for k, t in b.items()} for n, b in mine.items()})
+    return {n: {k: t.to(device) for k, t in b.items()} for part in parts for n, b in part.items()}
 
 
 def to_device(batch, device):
@@ -188,11 +201,19 @@ def _config_diff(a, b, ignore):
     return [f"{s}.{k}" for s in b for k in b[s] if (s, k) not in ignore and a.get(s, {}).get(k) != b[s][k]]
 
 
+def _rng_states() -> tuple:
+    cuda = [torch.cuda.get_rng_state(torch.cuda.current_device())] if torch.cuda.is_available() else []
+    return torch.get_rng_state(), cuda
+
+
 def save_state(run, model, optimizer, progress):
+    """state.pt, by rank 0, with every rank's RNG states (every rank calls this: the states are gathered)."""
+    rng = distributed.gather_objects(_rng_states())
+    if not distributed.is_main():
+        return
     trained = zip(model.adapter_trainable, giva.adapter_parameters(model))
-    state = {"vectors": {n: p.detach().cpu() for n, p in trained},
-             "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
-             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **progress}
+    state = {"vectors": {n: p.detach().cpu() for n, p in trained}, "optimizer": optimizer.state_dict(),
+             "processes": len(rng), "rng": rng, **progress}
     with atomic_file(run / "state.pt") as f:
         torch.save(state, f)
 
@@ -206,10 +227,13 @@ def load_state(run, model, optimizer, device) -> dict:
         for name, value in state.pop("vectors").items():
             params[name].copy_(value.to(device))
     optimizer.load_state_dict(state.pop("optimizer"))
-    torch.set_rng_state(state.pop("rng_cpu"))
-    rng_cuda = state.pop("rng_cuda")
+    if state.pop("processes") != distributed.world():
+        raise ConfigError(f"{run}/state.pt was written by a run of {len(state['rng'])} process(es): resume it with "
+                          f"as many (torchrun --nproc_per_node {len(state['rng'])}), not {distributed.world()}")
+    rng_cpu, rng_cuda = state.pop("rng")[distributed.rank()]
+    torch.set_rng_state(rng_cpu)
     if rng_cuda:
-        torch.cuda.set_rng_state_all(rng_cuda)
+        torch.cuda.set_rng_state(rng_cuda[0], torch.cuda.current_device())
     return state
 
 
@@ -217,21 +241,25 @@ class Metrics:
     """metrics.jsonl, cut back on resume to the lines the checkpoint had seen; with `tensorboard` (a folder)
     every value also as a TensorBoard scalar at its step, events past the resumed step purged."""
 
-    def __init__(self, path: Path, keep_lines: int | None, tensorboard: Path | None = None, step: int = 0):
-        self.path = path
+    def __init__(self, path: Path, keep_lines: int | None, tensorboard: Path | None = None, step: int = 0,
+                 writes: bool = True):
+        self.path, self.writes = path, writes  # writes=False: another rank's, which only counts lines
         lines = path.read_text().splitlines(keepends=True)[:keep_lines] if keep_lines is not None else []
-        with atomic_file(path, "w") as f:
-            f.writelines(lines)
-        self.lines = len(lines)
+        if writes:
+            with atomic_file(path, "w") as f:
+                f.writelines(lines)
+        self.lines = len(lines) if keep_lines is not None else 0
         self.board = None
-        if tensorboard is not None:
+        if tensorboard is not None and writes:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked in main)
             self.board = SummaryWriter(str(tensorboard), purge_step=step + 1 if keep_lines is not None else None)
 
     def write(self, record: dict):
+        self.lines += 1
+        if not self.writes:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        self.lines += 1
         if self.board is not None:
             for key, value in record.items():
                 if key != "step":
@@ -280,12 +308,14 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
     number of target tokens of the whole optimizer batch, so every token weighs the same whatever the
     micro-batch it fell in (the token-normalised loss). That is also why the examples can be grouped by
     length into micro-batches: less padding, the same gradient. No host sync: the loss stays on the device.
-    Returns (sum of token losses, number of targets) as device tensors and the real tokens seen.
+    Under torchrun each rank runs every world()-th micro-batch and the gradients, loss and target count are
+    summed across ranks before the division: the same step as one process, up to the order of the sums.
+    Returns (sum of token losses, number of targets) as device tensors and the real tokens this rank saw.
     """
     step_loss = torch.zeros((), device=device)
     step_n = torch.zeros((), device=device, dtype=torch.long)
     tokens = 0
-    for group in micro_batches(task, task.train, picks, t):
+    for group in distributed.share(micro_batches(task, task.train, picks, t)):
         cpu_batch = task.collate([task.train[i] for i in group])
         tokens += batch_tokens(cpu_batch)
         with autocast():
@@ -293,6 +323,11 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
         loss_sum.backward()
         step_loss += loss_sum.detach().float()
         step_n += n
+    if distributed.world() > 1:
+        for p in params:
+            if p.grad is None:  # this rank ran no micro-batch that reached it
+                p.grad = torch.zeros_like(p)
+        distributed.sum_([p.grad for p in params] + [step_loss, step_n])
     for p in params:
         if p.grad is not None:
             p.grad.div_(step_n.clamp(min=1))
@@ -309,12 +344,13 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
 def validation_loss(model, task, device, autocast, t) -> float:
     model.eval()
     total, count = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    for group in micro_batches(task, task.val, range(len(task.val)), t):
+    for group in distributed.share(micro_batches(task, task.val, range(len(task.val)), t)):
         batch = to_device(task.collate([task.val[i] for i in group]), device)
         with autocast():
             loss_sum, n = model.loss(batch)
         total += loss_sum.float()
         count += n
+    distributed.sum_([total, count])
     model.train()
     return (total / count.clamp(min=1)).item()
 
@@ -394,15 +430,17 @@ def main(argv=None):
         return dry_run(exp)
     if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install -e \".[tensorboard]\"")
-    run, resuming = prepare_run_dir(exp, args.resume)
     device, dtype, autocast = runtime(exp.model, exp.train)
+    device = distributed.setup(device)  # under torchrun: this rank's device, the process group joined
+    run, resuming = distributed.on_main(lambda: prepare_run_dir(exp, args.resume))  # one process writes the run
 
     # 2. Load the data (with the checkpoint's tokenizer for a text task) and the checkpoint (its kind and
     #    family come from its config.json).
-    ensure_inputs(exp)
-    path = resolve_checkpoint_path(exp.model.path)
-    with phase(f"data: {exp.data.task}"):
-        task = build_task(exp, path)
+    with distributed.main_first():  # rank 0 writes any random checkpoint and data cache, the others read them
+        ensure_inputs(exp)
+        path = resolve_checkpoint_path(exp.model.path)
+        with phase(f"data: {exp.data.task}"):
+            task = build_task(exp, path)
     if t.select_by == "val_metric" and not getattr(task, "metric", None):
         raise ConfigError(f"train.select_by=val_metric: task {exp.data.task!r} has no metric; use val_loss")
     torch.manual_seed(t.seed)  # a fresh classification head draws its initial weights here
@@ -417,18 +455,23 @@ def main(argv=None):
         if giva.needs_gradient(acfg):
             indices, batches = probe_batches(exp, task)
             with phase(f"probe: first-step gradients over {len(batches)} micro-batches"):
-                grads = giva.estimate_gradients(model, [to_device(b, device) for b in batches], probe_loss(autocast),
-                                                targets=acfg.targets, offload_to_cpu=exp.probe.offload_to_cpu)
-            with atomic_file(run / "probe.json", "w") as f:
-                json.dump({"example_indices": indices, "seed": exp.probe.seed, "micro_batches": len(batches)}, f)
+                grads = giva.estimate_gradients(model, [to_device(b, device) for b in distributed.share(batches)],
+                                                probe_loss(autocast), targets=acfg.targets,
+                                                offload_to_cpu=exp.probe.offload_to_cpu,
+                                                sum_across=distributed.sum_ if distributed.world() > 1 else None)
+            if distributed.is_main():
+                with atomic_file(run / "probe.json", "w") as f:
+                    json.dump({"example_indices": indices, "seed": exp.probe.seed, "micro_batches": len(batches)}, f)
         # 4. Bases: GiVA's seeded SVD of each gradient (freed as it goes), OSoRA's SVD of W0; none for the rest.
         with phase(f"bases: {acfg.method}"):
-            bases = giva.compute_bases(model, acfg, grads)
+            bases = bases_of_every_rank(model, acfg, grads, device)
         # 5. Inject: wrap every target, freeze everything but the adapter (and adapter.modules_to_save).
         giva.apply_adapters(model, acfg, bases)
         del grads, bases
-        giva.save_adapter(model, run / "adapter.safetensors", include_bases=True)
-    print(giva.parameter_table(model))
+        if distributed.is_main():
+            giva.save_adapter(model, run / "adapter.safetensors", include_bases=True)
+    if distributed.is_main():
+        print(giva.parameter_table(model))
     speed_options(model, t)
 
     # 6. AdamW over the adapter's trainable tensors, each once (a fully trained head included), and nothing else.
@@ -446,11 +489,11 @@ def main(argv=None):
 
     progress = {"step": 0, "best_score": math.inf, "best_val_loss": math.inf, "best_step": 0, "train_time_s": 0.0,
                 "tokens": 0, "metrics_lines": 0}
-    torch.manual_seed(t.seed)  # dropout's RNG, seeded here so that nothing done in setup shifts it
+    torch.manual_seed(t.seed + distributed.rank())  # dropout's RNG, seeded here so that nothing in setup shifts it
     if resuming:
         progress.update(load_state(run, model, optimizer, device))
     metrics = Metrics(run / "metrics.jsonl", progress["metrics_lines"] if resuming else None,
-                      run / "tensorboard" if t.tensorboard else None, progress["step"])
+                      run / "tensorboard" if t.tensorboard else None, progress["step"], writes=distributed.is_main())
     if hasattr(task, "evaluate") and not resuming:
         with autocast():
             before = {f"val_{k}_before": v for k, v in task.evaluate(model, task.val).items()}
@@ -461,7 +504,8 @@ def main(argv=None):
         total_steps, progress["step"] + t.max_steps_this_invocation)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=total_steps, initial=progress["step"], desc=t.name, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=progress["step"], desc=t.name, dynamic_ncols=True,
+               disable=not distributed.is_main())
     window_loss = torch.zeros((), device=device)
     window_n = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
@@ -505,6 +549,7 @@ def main(argv=None):
             sync()
             now = time.perf_counter()
             progress["train_time_s"] += now - window_start
+            window_tokens = sum(distributed.gather_objects(window_tokens))  # every rank's
             progress["tokens"] += window_tokens
             check_finite()
             record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr,
@@ -531,7 +576,8 @@ def main(argv=None):
                 if score < progress["best_score"]:
                     progress.update(best_score=score, best_step=step, **{f"best_{k}": v for k, v in record.items()
                                                                           if k.startswith("val_")})
-                    giva.save_adapter(model, run / "best.safetensors", include_bases=False)
+                    if distributed.is_main():
+                        giva.save_adapter(model, run / "best.safetensors", include_bases=False)
             if step in val_steps or step == stop_at:
                 progress.update(metrics_lines=metrics.lines, step_saved=step)
                 save_state(run, model, optimizer, progress)
@@ -544,7 +590,8 @@ def main(argv=None):
         return progress
 
     # 7. The end of the run.
-    giva.save_adapter(model, run / "last.safetensors", include_bases=False)
+    if distributed.is_main():
+        giva.save_adapter(model, run / "last.safetensors", include_bases=False)
     summary = {"name": t.name, "steps": total_steps, "trainable_params": counts["trainable"],
                "total_params": counts["total"],
                **{k: v for k, v in progress.items() if k.startswith("best_val_")}, "best_step": progress["best_step"],
@@ -557,6 +604,8 @@ def main(argv=None):
             after = {f"val_{k}_after": v for k, v in task.evaluate(model, task.val).items()}
         metrics.write({"step": total_steps, **after})
         summary.update({k: v for k, v in progress.items() if k.endswith("_before")}, **after)
+    if not distributed.is_main():
+        return summary
     with atomic_file(run / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps(summary))
@@ -568,4 +617,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli(main)
+    try:
+        cli(main)
+    finally:
+        distributed.shutdown()

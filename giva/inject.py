@@ -82,14 +82,17 @@ def needs_gradient(cfg: AdapterConfig) -> bool:
 
 
 @torch.no_grad()
-def compute_bases(model: nn.Module, cfg: AdapterConfig, grads: dict[str, torch.Tensor] | None = None) -> dict:
+def compute_bases(model: nn.Module, cfg: AdapterConfig, grads: dict[str, torch.Tensor] | None = None,
+                  share=None) -> dict:
     """{target name: {basis name: tensor}}: every target's data-dependent frozen bases, on its weight's device.
 
     For a method that needs_gradient, `grads` ({module name: (out, in)}, from estimate_gradients) must hold
     every target; each gradient is popped as soon as its layer's bases exist, so its memory goes as the
-    loop advances."""
+    loop advances. `share(names) -> names`: only those targets (one process's share of the SVDs)."""
     method = METHODS[cfg.method]
     targets = _targets(model, cfg)
+    if share is not None:
+        targets = {n: targets[n] for n in share(list(targets))}
     if method.needs_gradient:
         if grads is None:
             raise ValueError(f"method {cfg.method!r} needs grads=estimate_gradients(...) (or load_adapter to "

@@ -45,9 +45,11 @@ def _checkpointed(model: nn.Module, blocks: str | None):
 
 
 def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *, offload_to_cpu: bool = False,
-                       checkpoint_blocks: str | None = None) -> dict[str, torch.Tensor]:
+                       checkpoint_blocks: str | None = None, sum_across=None) -> dict[str, torch.Tensor]:
     """{module name: fp32 (out, in) gradient} for every target nn.Linear, averaged over every batch of
-    the iterable `batches` (all of them are consumed, in order)."""
+    the iterable `batches` (all of them are consumed, in order). `sum_across(tensors)` sums tensors over
+    processes in place (distributed.sum_): each process then probes its share of the batches, and every one
+    gets the average over all of them."""
     weights = {name: lin.weight for name, lin in find_targets(model, targets).items()}
     owners = {}
     for name, w in weights.items():
@@ -90,6 +92,10 @@ def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *
         for p, flag in requires:
             p.requires_grad_(flag)
         model.train(was_training)
+    if sum_across is not None:
+        counts = torch.tensor([n_batches, weight_sum], dtype=torch.float64, device=next(iter(acc.values())).device)
+        sum_across([*acc.values(), counts])
+        n_batches, weight_sum = int(counts[0]), float(counts[1])
     if n_batches == 0 or weight_sum <= 0:
         raise ValueError(f"the probe saw {n_batches} batches with total weight {weight_sum}: it needs at least one")
     for a in acc.values():
