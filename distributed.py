@@ -1,4 +1,5 @@
-"""Several processes through torch.distributed: `torchrun --nproc_per_node N train.py CONFIG` (or eval.py).
+"""Several processes through torch.distributed: `torchrun --nproc_per_node N -- train.py CONFIG` (or eval.py;
+the `--` keeps torchrun from reading the script's options, eval.py's --run, as abbreviations of its own).
 
 Data parallel, the simplest kind that fits adapters: every rank holds the whole model, runs its share of each
 optimizer batch's micro-batches, and the gradients of the few trainable tensors are summed across ranks with

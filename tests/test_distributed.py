@@ -28,7 +28,7 @@ METHODS = {"giva": {}, "lora": {"adapter.method": "lora", "adapter.r": 4, "adapt
 
 def torchrun(script: str, *args, nproc: int = 2, wait: bool = True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(REPO / script), *map(str, args)]
+           "--", str(REPO / script), *map(str, args)]  # "--": torchrun would take e.g. --run for its --run-path
     if not wait:
         return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
