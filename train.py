@@ -510,6 +510,7 @@ def main(argv=None):
     window_n = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     window_tokens, window_start = 0, time.perf_counter()
+    shown = {}  # the progress bar's values: the last logged step's and the last validation's
     perm, perm_epoch = None, -1
 
     def sync():
@@ -558,7 +559,8 @@ def main(argv=None):
             if device.type == "cuda":
                 record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             metrics.write(record)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "epoch")})
+            shown.update({k: v for k, v in record.items() if k not in ("step", "epoch")})
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
             window_loss.zero_(), window_n.zero_()
             window_tokens = 0
 
@@ -573,6 +575,8 @@ def main(argv=None):
                         record.update({f"val_{k}": v for k, v in task.evaluate(model, task.val).items()})
                     score = -record[f"val_{task.metric}"]
                 metrics.write(record)
+                shown.update({k: v for k, v in record.items() if k != "step"})  # the latest validation, in the bar
+                bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
                 if score < progress["best_score"]:
                     progress.update(best_score=score, best_step=step, **{f"best_{k}": v for k, v in record.items()
                                                                           if k.startswith("val_")})

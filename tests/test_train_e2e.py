@@ -49,10 +49,12 @@ def _giva_count(cfg, r):
     return cfg.n_layers * sum(min(r, min(m, n) // 2) + m for m, n in shapes)
 
 
-def test_tiny_config_end_to_end(tmp_path):
+def test_tiny_config_end_to_end(tmp_path, capsys):
     sets = tiny_overrides(tmp_path)
     summary = train.main([TINY_CONFIG, *sets])
     run = tmp_path / "runs/tiny_math"
+    out = capsys.readouterr()
+    assert "val_loss=" in out.err and f"saved in {run}" in out.out  # the bar shows validation; the last line
     exp = load_experiment(TINY_CONFIG, [s for s in sets if s != "--set"])
     assert load_experiment(run / "config.yaml") == exp  # the resolved config round-trips
 
