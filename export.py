@@ -1,5 +1,5 @@
 """Take a result out: a run's adapter merged into its base model, written in the publisher's layout; or, for a
-method peft has (LoRA, VeRA), the adapter alone in peft's format.
+method peft has (LoRA, VeRA, RandLoRA), the adapter alone in peft's format.
 
     python export.py --run runs/tiny_math --out exported/tiny_math          # the best checkpoint's vectors
     python export.py --run DIR --out DIR --checkpoint last --dtype bfloat16 --shard-gib 5
@@ -7,8 +7,8 @@ method peft has (LoRA, VeRA), the adapter alone in peft's format.
 
 --peft writes what peft's `PeftModel.from_pretrained(base, DIR)` reads: the method's tensors under
 "base_model.model.<the publisher's module path>.<peft's tensor name>" (a head trained fully under its own
-checkpoint keys, as peft's modules_to_save), VeRA's shared bases as "base_model.vera_A"/"vera_B" (its
-save_projection), and each method's fields of the config from its own class (giva/<method>.py: peft_config).
+checkpoint keys, as peft's modules_to_save), VeRA's and RandLoRA's shared bases as "base_model.vera_A" etc.
+(their save_projection), and each method's fields of the config from its own class (giva/<method>.py: peft_config).
 
 The folder holds the base's own files unchanged (config.json, generation_config.json, the tokenizer files,
 preprocessor_config.json), and the merged weights under the base's checkpoint keys as safetensors: one
@@ -155,7 +155,8 @@ def main(argv=None):
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--shard-gib", type=float, default=5.0, help="largest safetensors shard (GiB)")
-    parser.add_argument("--peft", action="store_true", help="the adapter alone in peft's format (LoRA, VeRA runs)")
+    parser.add_argument("--peft", action="store_true",
+                        help="the adapter alone in peft's format (LoRA, VeRA, RandLoRA runs)")
     args = parser.parse_args(argv)
     out = export_run(args.run, args.out, args.checkpoint, getattr(torch, args.dtype), args.shard_gib, args.peft)
     print(f"wrote {out}")

@@ -48,12 +48,28 @@ def randlora_shared_bases(r: int, m_max: int, n_max: int, seed: int, device) -> 
 class RandLoraLinear(AdaptedLinear):
     method = "randlora"
     trainable_names = ("randlora_lambda", "randlora_gamma")
+    peft_type = "RANDLORA"
 
     @classmethod
     def check_config(cls, cfg):
         super().check_config(cfg)
         if cfg.alpha is None:
             cfg.bad("alpha", "RandLoRA needs an explicit alpha (scaling = alpha / r)")
+
+    @classmethod
+    def peft_config(cls, cfg):
+        if cfg.randlora_sqrt_n:
+            cfg.bad("randlora_sqrt_n", "peft's RandLoRA scales by alpha / r: a run with the official "
+                                       "alpha / (r sqrt(N)) has no peft format (export the merged model)")
+        return {"r": cfg.r, "randlora_alpha": cfg.alpha, "projection_prng_key": cfg.randlora_seed,
+                "save_projection": True, "randlora_dropout": cfg.dropout}
+
+    def peft_tensors(self):
+        return {"randlora_lambda": self.randlora_lambda, "randlora_gamma": self.randlora_gamma}
+
+    @staticmethod
+    def peft_shared(shared):
+        return {"randlora_A": shared.randlora_A, "randlora_B": shared.randlora_B}  # (r, 1, d_max), (D_max, N_max, r)
 
     @classmethod
     def shared_bases(cls, cfg, m_max, n_max, device):

@@ -52,9 +52,10 @@ def _base(run):
 
 
 @pytest.mark.parametrize("adapter", [{"adapter.method": "lora", "adapter.r": 4, "adapter.alpha": 8.0},
-                                     {"adapter.method": "vera", "adapter.r": 16, "adapter.d_initial": 0.5}])
+                                     {"adapter.method": "vera", "adapter.r": 16, "adapter.d_initial": 0.5},
+                                     {"adapter.method": "randlora", "adapter.r": 4, "adapter.alpha": 4.0}])
 def test_peft_export_loads_in_peft_to_our_logits(tmp_path, adapter):
-    """export.py --peft of a LoRA / VeRA run: peft's PeftModel.from_pretrained on the HF base gives our
+    """export.py --peft of a LoRA / VeRA / RandLoRA run: peft's PeftModel.from_pretrained on the HF base gives our
     unmerged model's logits (fp32), and the adapter is not a no-op."""
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
@@ -100,3 +101,11 @@ def test_peft_export_of_a_classifier_run_with_its_head(tmp_path):
     ids = torch.randint(1000, 2000, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_peft_export_refuses_the_official_randlora_scaling():
+    from giva import AdapterConfig
+    from giva.randlora import RandLoraLinear
+    cfg = AdapterConfig(method="randlora", r=4, alpha=4.0, targets=["q_proj"], randlora_sqrt_n=True)
+    with pytest.raises(ValueError, match=r"adapter.randlora_sqrt_n=True: peft's RandLoRA scales by alpha / r"):
+        RandLoraLinear.peft_config(cfg)

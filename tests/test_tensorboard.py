@@ -34,7 +34,8 @@ def test_scalars_equal_metrics_jsonl_across_a_resume(tmp_path):
 
 def test_without_the_package_one_clear_error(tmp_path, monkeypatch):
     real = train.importlib.util.find_spec
-    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    monkeypatch.setattr(train.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ConfigError, match=r"train.tensorboard=true needs the tensorboard package"):
         train.main([TINY_CONFIG, *tiny_overrides(tmp_path, {"train.tensorboard": True})])
     assert not (tmp_path / "runs").exists()
