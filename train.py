@@ -131,6 +131,8 @@ def bases_of_every_rank(model, acfg, grads, device) -> dict:
     if distributed.world() == 1:
         return giva.compute_bases(model, acfg, grads)
     mine = giva.compute_bases(model, acfg, grads, share=distributed.share)
+    if grads is not None:
+        grads.clear()  # the other ranks' layers: their bases come from their owners
     parts = distributed.gather_objects({n: {k: t.cpu() for k, t in b.items()} for n, b in mine.items()})
     return {n: {k: t.to(device) for k, t in b.items()} for part in parts for n, b in part.items()}
 
