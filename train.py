@@ -250,7 +250,7 @@ class Metrics:
         if writes:
             with atomic_file(path, "w") as f:
                 f.writelines(lines)
-        self.lines = len(lines) if keep_lines is not None else 0
+        self.lines = len(lines)
         self.board = None
         if tensorboard is not None and writes:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked in main)
