@@ -13,6 +13,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from experiment import ConfigError
+
 
 def world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
@@ -31,7 +33,11 @@ def setup(device: torch.device) -> torch.device:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"torchrun rank {local} on this host has no GPU of its own ({torch.cuda.device_count()} "
+                              f"visible): --nproc_per_node at most that, or train.device=cpu")
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda"
                             else None)

@@ -22,7 +22,7 @@ from tiny_run import REPO, TINY_CONFIG, tiny_overrides
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch build has no torch.distributed gloo backend")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU on every machine
 METHODS = {"giva": {}, "lora": {"adapter.method": "lora", "adapter.r": 4, "adapter.alpha": 8.0}}
 
 
