@@ -82,8 +82,10 @@ def test_a_second_train_py_on_a_run_directory_is_refused(tmp_path, uninterrupted
     the first holds the lock, and the first finishes untouched (its metrics one run's, step by step)."""
     data_from, _ = uninterrupted
     sets = tiny_overrides(tmp_path, {**DROPOUT, "model.path": data_from / "ckpt", "train.epochs": 60})
+    # stderr to a file, not a pipe: nobody reads it while the run goes on, and a full pipe would block its bar
+    first_err = open(tmp_path / "first.err", "w")
     first = subprocess.Popen([sys.executable, str(REPO / "train.py"), TINY_CONFIG, *sets], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=first_err, text=True)
     state = tmp_path / "runs/tiny_math/state.pt"  # the run is under way, and --resume would have a state
     deadline = time.time() + 120
     while not state.exists() and first.poll() is None and time.time() < deadline:
@@ -93,7 +95,8 @@ def test_a_second_train_py_on_a_run_directory_is_refused(tmp_path, uninterrupted
                for extra in ([], ["--resume"])]
     errors = [(p.wait(), p.stderr.read()) for p in seconds]
     assert first.poll() is None, "the first run ended before the second ones were refused: make it longer"
-    assert first.wait() == 0, first.stderr.read()
+    assert first.wait() == 0, (tmp_path / "first.err").read_text()[-3000:]
+    first_err.close()
     for code, err in errors:
         assert code != 0 and "in use by another train.py" in err and err.strip().count("\n") == 0, err
     records = [json.loads(line) for line in (tmp_path / "runs/tiny_math/metrics.jsonl").read_text().splitlines()]
