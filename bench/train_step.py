@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-import giva.methods
+import common as C  # first: it puts the repository root on sys.path (a checkout without `pip install -e .`)
 
-import common as C
+import giva.methods
 
 # Ranks: GiVA r=64 and LoRA r=32 everywhere; VeRA and OSoRA as the paper ran them (512 on OLMo-2-7B,
 # 1024 on Qwen2-0.5B); RandLoRA as the paper's commonsense runs (100 on OLMo-2-7B, 10 on Qwen2-0.5B).
