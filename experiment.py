@@ -112,6 +112,8 @@ class TrainSection:
     loss_chunk: int = 256          # sequence positions per chunk of the chunked cross-entropy
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory
     compile: bool = False          # torch.compile each block after the adapters are in place
+    parallel: str = _choices("ddp", "fsdp")  # under torchrun: every rank holds the whole model (ddp), or 1/N
+                                   # of every parameter through FSDP2 (fsdp: a model that does not fit one device)
     max_steps_this_invocation: int = 0  # > 0: save a resumable state and exit after this many steps
 
 
@@ -311,6 +313,9 @@ def _check_rules(exp: Experiment):
         raise ConfigError(f"bad value {t.warmup_ratio} for 'train.warmup_ratio': must be in [0, 1)")
     if t.warmup_ratio and t.warmup_steps:
         raise ConfigError("set train.warmup_ratio or train.warmup_steps, not both")
+    if t.parallel == "fsdp" and exp.probe.offload_to_cpu:
+        raise ConfigError("train.parallel=fsdp with probe.offload_to_cpu=true: the probe's accumulators are "
+                          "sharded (1/N per process) already; leave offload_to_cpu false")
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
         raise ConfigError(f"bad value {t.betas} for 'train.betas': expected two numbers in [0, 1)")
     if not t.name or "/" in t.name:

@@ -117,17 +117,26 @@ def probe_batches(exp, task):
 
 def probe_loss(autocast):
     """(mean token loss, n targets) per micro-batch: the probe then weights the micro-batches by their
-    target counts, the same token normalisation as the training step."""
-    def loss_fn(model, batch):
+    target counts, the same token normalisation as the training step. A batch comes with a weight of 1, or 0
+    for a rank's filler forward (distributed.share_even)."""
+    def loss_fn(model, batch_and_weight):
+        batch, weight = batch_and_weight
         with autocast():
             loss_sum, n = model.loss(batch)
-        return loss_sum / n.clamp(min=1), n.item()
+        return loss_sum / n.clamp(min=1), n.item() * weight
     return loss_fn
 
 
 def bases_of_every_rank(model, acfg, grads, device) -> dict:
     """giva.compute_bases; under torchrun each rank computes its share of the targets' bases (the SVDs divided
-    among the ranks) and every rank then gets them all."""
+    among the ranks) and every rank then gets them all. FSDP's sharded gradients are gathered whole one at a
+    time (a collective: every rank takes part in each), and only the layer's owner keeps it."""
+    if grads is not None and any(distributed.is_sharded(g) for g in grads.values()):
+        owned = set(distributed.share(list(grads)))  # compute_bases's share below: the targets in the same order
+        for name in list(grads):
+            whole = grads.pop(name).full_tensor()
+            if name in owned:
+                grads[name] = whole
     if distributed.world() == 1:
         return giva.compute_bases(model, acfg, grads)
     mine = giva.compute_bases(model, acfg, grads, share=distributed.share)
@@ -209,26 +218,31 @@ def _rng_states() -> tuple:
 
 
 def save_state(run, model, optimizer, progress):
-    """state.pt, by rank 0, with every rank's RNG states (every rank calls this: the states are gathered)."""
+    """state.pt, by rank 0, with every rank's RNG states and whole tensors (every rank calls this: the states
+    are gathered, and so are FSDP's shards of the trained tensors and of their optimizer state)."""
     rng = distributed.gather_objects(_rng_states())
+    vectors = distributed.gather_full(dict(zip(model.adapter_trainable, giva.adapter_parameters(model))))
+    optim = optimizer.state_dict()
+    optim["state"] = {i: distributed.gather_full(s) for i, s in optim["state"].items()}
     if not distributed.is_main():
         return
-    trained = zip(model.adapter_trainable, giva.adapter_parameters(model))
-    state = {"vectors": {n: p.detach().cpu() for n, p in trained}, "optimizer": optimizer.state_dict(),
-             "processes": len(rng), "rng": rng, **progress}
+    state = {"vectors": vectors, "optimizer": optim, "processes": len(rng), "rng": rng, **progress}
     with atomic_file(run / "state.pt") as f:
         torch.save(state, f)
 
 
-def load_state(run, model, optimizer, device) -> dict:
+def load_state(run, model, optimizer) -> dict:
     state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
     params = dict(zip(model.adapter_trainable, giva.adapter_parameters(model)))
     if set(params) != set(state["vectors"]):
         raise ValueError(f"{run}/state.pt: its trained tensors do not match the model's adapter tensors")
     with torch.no_grad():
         for name, value in state.pop("vectors").items():
-            params[name].copy_(value.to(device))
-    optimizer.load_state_dict(state.pop("optimizer"))
+            params[name].copy_(distributed.place_like(value, params[name]))
+    optim, order = state.pop("optimizer"), list(params.values())  # the optimizer's state is keyed by param index
+    for i, s in optim["state"].items():
+        s.update({k: distributed.place_like(v, order[i]) for k, v in s.items() if k != "step"})
+    optimizer.load_state_dict(optim)
     if state.pop("processes") != distributed.world():
         raise ConfigError(f"{run}/state.pt was written by a run of {len(state['rng'])} process(es): resume it with "
                           f"as many (torchrun --nproc_per_node {len(state['rng'])}), not {distributed.world()}")
@@ -310,26 +324,28 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
     number of target tokens of the whole optimizer batch, so every token weighs the same whatever the
     micro-batch it fell in (the token-normalised loss). That is also why the examples can be grouped by
     length into micro-batches: less padding, the same gradient. No host sync: the loss stays on the device.
-    Under torchrun each rank runs every world()-th micro-batch and the gradients, loss and target count are
-    summed across ranks before the division: the same step as one process, up to the order of the sums.
+    Under torchrun each rank runs every world()-th micro-batch (and fillers of zero weight, so that every rank
+    runs as many) and the gradients, loss and target count are summed across ranks before the division: the
+    same step as one process, up to the order of the sums. FSDP has summed the sharded tensors' gradients.
     Returns (sum of token losses, number of targets) as device tensors and the real tokens this rank saw.
     """
     step_loss = torch.zeros((), device=device)
     step_n = torch.zeros((), device=device, dtype=torch.long)
     tokens = 0
-    for group in distributed.share(micro_batches(task, task.train, picks, t)):
+    for group, weight in distributed.share_even(micro_batches(task, task.train, picks, t)):
         cpu_batch = task.collate([task.train[i] for i in group])
-        tokens += batch_tokens(cpu_batch)
+        tokens += batch_tokens(cpu_batch) * weight
         with autocast():
             loss_sum, n = model.loss(to_device(cpu_batch, device))
-        loss_sum.backward()
-        step_loss += loss_sum.detach().float()
-        step_n += n
+        (loss_sum * weight).backward()
+        step_loss += loss_sum.detach().float() * weight
+        step_n += n * weight
     if distributed.world() > 1:
-        for p in params:
+        replicated = [p for p in params if not distributed.is_sharded(p)]
+        for p in replicated:
             if p.grad is None:  # this rank ran no micro-batch that reached it
                 p.grad = torch.zeros_like(p)
-        distributed.sum_([p.grad for p in params] + [step_loss, step_n])
+        distributed.sum_([p.grad for p in replicated] + [step_loss, step_n])
     for p in params:
         if p.grad is not None:
             p.grad.div_(step_n.clamp(min=1))
@@ -346,12 +362,12 @@ def optimizer_step(model, task, picks, optimizer, params, lr, t, device, autocas
 def validation_loss(model, task, device, autocast, t) -> float:
     model.eval()
     total, count = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    for group in distributed.share(micro_batches(task, task.val, range(len(task.val)), t)):
+    for group, weight in distributed.share_even(micro_batches(task, task.val, range(len(task.val)), t)):
         batch = to_device(task.collate([task.val[i] for i in group]), device)
         with autocast():
             loss_sum, n = model.loss(batch)
-        total += loss_sum.float()
-        count += n
+        total += loss_sum.float() * weight
+        count += n * weight
     distributed.sum_([total, count])
     model.train()
     return (total / count.clamp(min=1)).item()
@@ -445,35 +461,49 @@ def main(argv=None):
             task = build_task(exp, path)
     if t.select_by == "val_metric" and not getattr(task, "metric", None):
         raise ConfigError(f"train.select_by=val_metric: task {exp.data.task!r} has no metric; use val_loss")
-    torch.manual_seed(t.seed)  # a fresh classification head draws its initial weights here
-    with phase(f"model: {path} ({dtype}, {device})"):
-        model = load_model(path, dtype, device, num_labels=getattr(task, "num_labels", None)).train()
+    # Under FSDP (train.parallel=fsdp under torchrun) the model is loaded on the CPU, adapted there and then
+    # sharded onto the devices: each holds 1/N of it.
+    fsdp = t.parallel == "fsdp" and distributed.joined()
+
+    def load():
+        torch.manual_seed(t.seed)  # a fresh classification head draws its initial weights here, the same each time
+        return load_model(path, dtype, "cpu" if fsdp else device, num_labels=getattr(task, "num_labels", None)).train()
+
+    with phase(f"model: {path} ({dtype}, {'cpu, to be sharded' if fsdp else device})"):
+        model = load()
 
     if resuming:  # the bases and initial tensors come back from the adapter file instead of 3-5
         giva.load_adapter(model, run / "adapter.safetensors")
     else:
-        # 3. Probe: the first-step gradient of every target, only for a method whose bases need it.
-        grads = None
+        # 3. Probe: the first-step gradient of every target, only for a method whose bases need it. Under FSDP
+        #    on a sharded copy of its own (its target weights require grad while the sharding is set up).
+        grads, probed = None, model
         if giva.needs_gradient(acfg):
+            if fsdp:
+                with phase("probe model: loaded and sharded"):
+                    probed = distributed.shard(load(), device)
             indices, batches = probe_batches(exp, task)
             with phase(f"probe: first-step gradients over {len(batches)} micro-batches"):
-                grads = giva.estimate_gradients(model, [to_device(b, device) for b in distributed.share(batches)],
+                grads = giva.estimate_gradients(probed, [(to_device(b, device), w) for b, w in
+                                                         distributed.share_even(batches)],
                                                 probe_loss(autocast), targets=acfg.targets,
-                                                offload_to_cpu=exp.probe.offload_to_cpu,
+                                                exclude=acfg.modules_to_save, offload_to_cpu=exp.probe.offload_to_cpu,
                                                 sum_across=distributed.sum_ if distributed.world() > 1 else None)
             if distributed.is_main():
                 with atomic_file(run / "probe.json", "w") as f:
                     json.dump({"example_indices": indices, "seed": exp.probe.seed, "micro_batches": len(batches)}, f)
         # 4. Bases: GiVA's seeded SVD of each gradient (freed as it goes), OSoRA's SVD of W0; none for the rest.
         with phase(f"bases: {acfg.method}"):
-            bases = bases_of_every_rank(model, acfg, grads, device)
+            bases = bases_of_every_rank(probed, acfg, grads, device)
         # 5. Inject: wrap every target, freeze everything but the adapter (and adapter.modules_to_save).
         giva.apply_adapters(model, acfg, bases)
-        del grads, bases
-        if distributed.is_main():
-            giva.save_adapter(model, run / "adapter.safetensors", include_bases=True)
+        del grads, bases, probed
+        giva.save_adapter(model, run / "adapter.safetensors", include_bases=True, gather=distributed.gather_full)
     if distributed.is_main():
         print(giva.parameter_table(model))
+    if fsdp:
+        with phase(f"FSDP: sharded over {distributed.world()} process(es)"):
+            distributed.shard(model, device)
     speed_options(model, t)
 
     # 6. AdamW over the adapter's trainable tensors, each once (a fully trained head included), and nothing else.
@@ -493,7 +523,7 @@ def main(argv=None):
                 "tokens": 0, "metrics_lines": 0}
     torch.manual_seed(t.seed + distributed.rank())  # dropout's RNG, seeded here so that nothing in setup shifts it
     if resuming:
-        progress.update(load_state(run, model, optimizer, device))
+        progress.update(load_state(run, model, optimizer))
     metrics = Metrics(run / "metrics.jsonl", progress["metrics_lines"] if resuming else None,
                       run / "tensorboard" if t.tensorboard else None, progress["step"], writes=distributed.is_main())
     if hasattr(task, "evaluate") and not resuming:
@@ -582,8 +612,8 @@ def main(argv=None):
                 if score < progress["best_score"]:
                     progress.update(best_score=score, best_step=step, **{f"best_{k}": v for k, v in record.items()
                                                                           if k.startswith("val_")})
-                    if distributed.is_main():
-                        giva.save_adapter(model, run / "best.safetensors", include_bases=False)
+                    giva.save_adapter(model, run / "best.safetensors", include_bases=False,
+                                      gather=distributed.gather_full)
             if step in val_steps or step == stop_at:
                 progress.update(metrics_lines=metrics.lines, step_saved=step)
                 save_state(run, model, optimizer, progress)
@@ -596,8 +626,7 @@ def main(argv=None):
         return progress
 
     # 7. The end of the run.
-    if distributed.is_main():
-        giva.save_adapter(model, run / "last.safetensors", include_bases=False)
+    giva.save_adapter(model, run / "last.safetensors", include_bases=False, gather=distributed.gather_full)
     summary = {"name": t.name, "steps": total_steps, "trainable_params": counts["trainable"],
                "total_params": counts["total"],
                **{k: v for k, v in progress.items() if k.startswith("best_val_")}, "best_step": progress["best_step"],

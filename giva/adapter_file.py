@@ -34,10 +34,15 @@ def _tensors(model: nn.Module, bases: bool, trainable: bool) -> dict[str, torch.
     return out
 
 
-def save_adapter(model: nn.Module, path, *, include_bases: bool = True, include_trainable: bool = True):
+def save_adapter(model: nn.Module, path, *, include_bases: bool = True, include_trainable: bool = True,
+                 gather=None):
+    """`gather(tensors) -> tensors or None`: makes the tensors whole first (distributed.gather_full for a model
+    sharded over processes: every process calls save_adapter, the one that gets None writes nothing)."""
     if not hasattr(model, "adapter_config"):
         raise ValueError("the model has no adapters to save")
     tensors = {k: t.detach() for k, t in _tensors(model, include_bases, include_trainable).items()}
+    if gather is not None and (tensors := gather(tensors)) is None:
+        return
     save_safetensors(path, tensors, {"format": FORMAT, "adapter_config": json.dumps(model.adapter_config.to_dict()),
                                      "base_fingerprint": model.adapter_base})
 

@@ -15,12 +15,17 @@ batches (no off-by-one), only the target weights' gradients are kept, accumulati
 the weights' dtype. Autocast and position ids are the caller's (they live in loss_fn), so the probe sees
 the same forward as training. `checkpoint_blocks` names a ModuleList (e.g. "layers") whose blocks are then
 recomputed in the backward pass (non-reentrant activation checkpointing), for long probe batches.
+
+A model sharded by FSDP2 (train.parallel: fsdp): its weights are DTensors that FSDP itself gives a
+reduce-scattered (already summed over the processes) .grad after each backward, without the hooks; that shard
+is added into an fp32 accumulator of the same layout, so each process holds 1/N of every gradient.
 """
 from contextlib import contextmanager
 from functools import partial
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from giva.inject import find_targets
@@ -44,19 +49,25 @@ def _checkpointed(model: nn.Module, blocks: str | None):
             del block.forward  # drops the instance attribute: the class's forward is back
 
 
-def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *, offload_to_cpu: bool = False,
-                       checkpoint_blocks: str | None = None, sum_across=None) -> dict[str, torch.Tensor]:
-    """{module name: fp32 (out, in) gradient} for every target nn.Linear, averaged over every batch of
-    the iterable `batches` (all of them are consumed, in order). `sum_across(tensors)` sums tensors over
+def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *, exclude: list[str] = (),
+                       offload_to_cpu: bool = False, checkpoint_blocks: str | None = None,
+                       sum_across=None) -> dict[str, torch.Tensor]:
+    """{module name: fp32 (out, in) gradient} for every target nn.Linear outside the modules named in
+    `exclude` (adapter.modules_to_save), averaged over every batch of the iterable `batches` (all of them are
+    consumed, in order). `sum_across(tensors)` sums tensors over
     processes in place (distributed.sum_): each process then probes its share of the batches, and every one
-    gets the average over all of them."""
-    weights = {name: lin.weight for name, lin in find_targets(model, targets).items()}
+    gets the average over all of them (FSDP has summed the sharded weights' gradients already)."""
+    weights = {name: lin.weight for name, lin in find_targets(model, targets, exclude).items()}
     owners = {}
     for name, w in weights.items():
         if id(w) in owners:
             raise ValueError(f"targets {owners[id(w)]} and {name} share one weight (tied): probe only one of them")
         owners[id(w)] = name
-    acc = {name: torch.zeros(w.shape, dtype=torch.float32, device="cpu" if offload_to_cpu else w.device)
+    sharded = {name for name, w in weights.items() if isinstance(w, DTensor)}
+    if sharded and offload_to_cpu:
+        raise ValueError("offload_to_cpu: the weights are sharded (FSDP), and so are their accumulators already")
+    acc = {name: torch.zeros_like(w, dtype=torch.float32) if name in sharded else
+           torch.zeros(w.shape, dtype=torch.float32, device="cpu" if offload_to_cpu else w.device)
            for name, w in weights.items()}
 
     def accumulate(total: torch.Tensor):
@@ -75,7 +86,8 @@ def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *
         for name, w in weights.items():
             w.requires_grad_(True)
             w.grad = None
-            handles.append(w.register_post_accumulate_grad_hook(accumulate(acc[name])))
+            if name not in sharded:
+                handles.append(w.register_post_accumulate_grad_hook(accumulate(acc[name])))
         model.train()
         with _checkpointed(model, checkpoint_blocks):
             for batch in batches:
@@ -85,6 +97,9 @@ def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *
                 if not torch.isfinite(loss):
                     raise ValueError(f"probe batch {n_batches}: the loss is {loss.item()}")
                 (loss * weight).backward()
+                for name in sharded:
+                    if weights[name].grad is not None:
+                        accumulate(acc[name])(weights[name])
                 n_batches, weight_sum = n_batches + 1, weight_sum + weight
     finally:
         for h in handles:
@@ -94,7 +109,7 @@ def estimate_gradients(model: nn.Module, batches, loss_fn, targets: list[str], *
         model.train(was_training)
     if sum_across is not None:
         counts = torch.tensor([n_batches, weight_sum], dtype=torch.float64, device=next(iter(acc.values())).device)
-        sum_across([*acc.values(), counts])
+        sum_across([*(a for name, a in acc.items() if name not in sharded), counts])
         n_batches, weight_sum = int(counts[0]), float(counts[1])
     if n_batches == 0 or weight_sum <= 0:
         raise ValueError(f"the probe saw {n_batches} batches with total weight {weight_sum}: it needs at least one")

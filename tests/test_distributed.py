@@ -4,7 +4,8 @@ The same config on 2 processes trains the same vectors as on 1 (each rank runs h
 batch's micro-batches and the gradients are summed: equal up to the order of the sums), its probe gives the
 same bases (the probe batches divided, the gradients summed, the SVDs divided among the ranks), a kill -9 of
 one rank then --resume reaches the uninterrupted 2-process run's vectors exactly, and eval.py's predictions
-on 2 processes are those of 1."""
+on 2 processes are those of 1. All of it both data parallel (train.parallel=ddp) and with the model sharded
+by FSDP2 (fsdp; full fine-tuning too), there with 3 micro-batches per step so that a rank runs a filler."""
 import json
 import os
 import signal
@@ -23,15 +24,17 @@ from tiny_run import REPO, TINY_CONFIG, tiny_overrides
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch build has no torch.distributed gloo backend")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU on every machine
-METHODS = {"giva": {}, "lora": {"adapter.method": "lora", "adapter.r": 4, "adapter.alpha": 8.0}}
+METHODS = {"giva": {}, "lora": {"adapter.method": "lora", "adapter.r": 4, "adapter.alpha": 8.0},
+           "full": {"adapter.method": "full", "train.lr": 1e-3}}
+PARALLEL = {"ddp": {}, "fsdp": {"train.parallel": "fsdp", "train.batch_size": 12, "data.n_val": 12}}
 
 
-def torchrun(script: str, *args, nproc: int = 2, wait: bool = True):
+def torchrun(script: str, *args, nproc: int = 2, wait: bool = True, env: dict = ENV):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "--", str(REPO / script), *map(str, args)]  # "--": torchrun would take e.g. --run for its --run-path
     if not wait:
-        return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -60,11 +63,15 @@ def sets(data, out, extra=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", list(METHODS))
-def test_two_processes_train_the_vectors_of_one(data, tmp_path, method):
+@pytest.mark.parametrize("method,parallel", [("giva", "ddp"), ("lora", "ddp"), ("giva", "fsdp"), ("lora", "fsdp"),
+                                             ("full", "fsdp"), ("giva", "fsdp+compile")])
+def test_two_processes_train_the_vectors_of_one(data, tmp_path, method, parallel):
     one, two = tmp_path / "one", tmp_path / "two"
-    train.main([TINY_CONFIG, *sets(data, one, METHODS[method])])
-    torchrun("train.py", TINY_CONFIG, *sets(data, two, METHODS[method]))
+    parallel, compiled = parallel.split("+")[0], "+compile" in parallel  # compiled blocks inside FSDP's units
+    config = {**METHODS[method], **PARALLEL[parallel], "train.compile": compiled}
+    train.main([TINY_CONFIG, *sets(data, one, config)])  # one process: train.parallel changes nothing
+    proc = torchrun("train.py", TINY_CONFIG, *sets(data, two, config))
+    assert ("FSDP: sharded over 2 process(es)" in proc.stdout) == (parallel == "fsdp")
     run1, run2 = one / "tiny_math", two / "tiny_math"
     # the bases (GiVA's from the probe's gradient summed over the ranks) and the initial tensors
     assert_close(tensors(run2, "adapter.safetensors"), tensors(run1, "adapter.safetensors"), rtol=1e-4, atol=1e-5)
@@ -77,9 +84,27 @@ def test_two_processes_train_the_vectors_of_one(data, tmp_path, method):
     assert sorted(p.name for p in run2.iterdir()) == sorted(p.name for p in run1.iterdir())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP2's CUDA path (NCCL) needs a CUDA device")
+def test_fsdp_on_one_gpu_trains_the_vectors_of_a_plain_run(data, tmp_path):
+    """FSDP2 on CUDA through NCCL, in a torchrun group of one: the model loaded on the CPU, sharded onto the GPU,
+    bf16 weights under autocast, the probe's sharded gradients. The same vectors as one plain process, within
+    bf16's rounding of the activations (the two runs differ only in how the weights reach the kernels)."""
+    config = {"train.device": "cuda", "model.dtype": "bfloat16"}
+    train.main([TINY_CONFIG, *sets(data, tmp_path / "one", config)])
+    env = {k: v for k, v in ENV.items() if k != "CUDA_VISIBLE_DEVICES"}
+    proc = torchrun("train.py", TINY_CONFIG, *sets(data, tmp_path / "fsdp", {**config, "train.parallel": "fsdp"}),
+                    nproc=1, env=env)
+    assert "FSDP: sharded over 1 process(es)" in proc.stdout
+    for name in ("adapter.safetensors", "last.safetensors"):
+        assert_close(tensors(tmp_path / "fsdp" / "tiny_math", name), tensors(tmp_path / "one" / "tiny_math", name),
+                     rtol=2e-2, atol=2e-3)
+
+
 @pytest.mark.slow
-def test_a_killed_rank_resumes_to_the_uninterrupted_vectors(data, tmp_path):
-    extra = {"adapter.dropout": 0.1, "train.epochs": 12, "train.val_per_epoch": 1}  # every rank's RNG resumed
+@pytest.mark.parametrize("parallel", list(PARALLEL))
+def test_a_killed_rank_resumes_to_the_uninterrupted_vectors(data, tmp_path, parallel):
+    extra = {"adapter.dropout": 0.1, "train.epochs": 12, "train.val_per_epoch": 1,  # every rank's RNG resumed
+             **PARALLEL[parallel]}
     torchrun("train.py", TINY_CONFIG, *sets(data, tmp_path / "whole", extra))
     run = tmp_path / "killed" / "tiny_math"
     proc = torchrun("train.py", TINY_CONFIG, *sets(data, tmp_path / "killed", extra), wait=False)
@@ -91,7 +116,8 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_vectors(data, tmp_path):
     finally:
         proc.wait()
     assert proc.returncode != 0, "the run finished before a rank could be killed"
-    assert torch.load(run / "state.pt", weights_only=True)["step"] < 72
+    steps = json.loads((tmp_path / "whole" / "tiny_math" / "summary.json").read_text())["steps"]
+    assert torch.load(run / "state.pt", weights_only=True)["step"] < steps
     torchrun("train.py", TINY_CONFIG, *sets(data, tmp_path / "killed", extra), "--resume")
     whole = tmp_path / "whole" / "tiny_math"
     for name in ("last.safetensors", "best.safetensors"):

@@ -62,6 +62,8 @@ def test_overrides_are_parsed_as_yaml():
     (["train.grad_clip=.inf"], ["'train.grad_clip'", "finite number >= 0"]),
     (["train.betas=[0.9, 1.5]"], ["'train.betas'", "in [0, 1)"]),
     (["train.lr"], ["expected section.key=value"]),
+    (["train.parallel=zero3"], ["'train.parallel'", "valid choices: ddp, fsdp"]),
+    (["train.parallel=fsdp", "probe.offload_to_cpu=true"], ["train.parallel=fsdp with probe.offload_to_cpu=true"]),
 ])
 def test_bad_overrides_name_the_key(override, words):
     with pytest.raises(ConfigError) as e:
