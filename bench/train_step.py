@@ -4,6 +4,8 @@
     python bench/train_step.py --shapes qwen2-0.5b --methods giva lora --no-ac
     python bench/train_step.py --compile --no-hf                # ours with torch.compile'd blocks
     python bench/train_step.py --smoke                           # tiny shapes on CPU: proves the script runs
+    torchrun --nproc_per_node N -- bench/train_step.py --fsdp --no-ac --shapes olmo2-7b --methods giva full
+                                                                 # ours sharded by FSDP2 over N GPUs (no HF peer)
 
 Same GPU, same random-weight models (bf16 weights, bf16 autocast, SDPA), same targets (q,k,v,up,down), same
 token batch, same optimizer (torch AdamW over the trainable tensors, fused on CUDA). One step = forward, loss,
@@ -19,9 +21,13 @@ next one. A configuration that runs out of memory is recorded as such and the ru
 Our methods are built through giva's public API; GiVA's bases come from the SVD of a random matrix instead
 of a probe gradient (the bases' values do not change the step's speed; bench/probe.py times the probe),
 OSoRA's from the SVD of W0 as in training. Writes bench/results/train_step.json and prints the
-table last.
+table last. With --fsdp (under torchrun) the model is built whole on each GPU, then sharded by
+distributed.shard as train.parallel=fsdp does; every rank steps on its own batch, tokens/s counts all of them
+and the peak memory is rank 0's.
 """
 import argparse
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +36,7 @@ import torch
 
 import common as C  # first: it puts the repository root on sys.path (a checkout without `pip install -e .`)
 
+import distributed
 import giva.methods
 
 # Ranks: GiVA r=64 and LoRA r=32 everywhere; VeRA and OSoRA as the paper ran them (512 on OLMo-2-7B,
@@ -98,23 +105,27 @@ def build_ours(shape, method, r, device, workdir):
 
 
 def run_ours(shape, method, r, ac_modes, device, args) -> dict:
-    from models.lm_loss import chunked_cross_entropy
-
     with tempfile.TemporaryDirectory() as tmp:
         model, params = build_ours(shape, method, r, device, Path(tmp))
+    if args.fsdp:
+        distributed.shard(model, device)
+        params = giva.adapter_parameters(model)  # now FSDP's sharded tensors
     if args.compile:
         model.compile_blocks()  # compiled in the warm-up steps (again after the checkpointing switch)
-    ids = C.random_tokens(shape.batch, shape.seq, shape.config["vocab_size"], device)  # (B, T)
+    ids = C.random_tokens(shape.batch, shape.seq, shape.config["vocab_size"], device,
+                          seed=distributed.rank())  # (B, T), each rank its own
+    model.loss_chunk = LOSS_CHUNK
 
     def loss_fn():
-        total, count = chunked_cross_entropy(model.forward_hidden(ids), model.lm_head, ids, LOSS_CHUNK)
+        total, count = model.loss({"input_ids": ids, "labels": ids})  # forward_hidden + chunked cross-entropy
         return total / count
 
     step = make_step(loss_fn, params, device)
     out = {}
     for ac in ac_modes:
         missing = C.set_our_checkpointing(model, ac)
-        out[ac] = {"error": missing} if missing else measure(step, device, ids.numel(), args.warmup, args.iters)
+        tokens = ids.numel() * distributed.world()
+        out[ac] = {"error": missing} if missing else measure(step, device, tokens, args.warmup, args.iters)
         out[ac]["trainable"] = sum(p.numel() for p in params)
     return out
 
@@ -215,12 +226,19 @@ def main():
     p.add_argument("--iters", type=int, default=6)
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 warm-up and 1 timed step (CPU check)")
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/train_step[_smoke].json)")
+    p.add_argument("--fsdp", action="store_true", help="ours sharded by FSDP2 (run under torchrun); no HF peer")
     p.add_argument("--device", help="cuda or cpu (default: cuda when there is one); --smoke on cuda is a quick "
                                      "check of the GPU path")
     args = p.parse_args()
     if args.smoke:
         args.warmup, args.iters = 1, 1
     device = C.pick_device(args.device)
+    if args.fsdp:
+        device, args.no_hf = distributed.setup(device), True
+        if not distributed.joined():
+            p.error("--fsdp: launch it with torchrun --nproc_per_node N -- bench/train_step.py --fsdp ...")
+        if not distributed.is_main():
+            sys.stdout = open(os.devnull, "w")  # rank 0 reports
     torch.manual_seed(0)  # HF's own init draws from the global RNG: the same weights on every run
     shapes = C.shapes_for(args.shapes, args.smoke)
     ac_modes = [False] if args.no_ac else [False, True]
@@ -228,14 +246,17 @@ def main():
     rate = C.matmul_tflops(device, 256 if args.smoke else 8192, C.weights_dtype(device))
     print(f"matmul rate ({C.weights_dtype(device)}): {rate:.1f} TFLOP/s", flush=True)
 
-    out = args.out or C.default_out("train_step", args.smoke)
+    out = args.out or C.default_out(f"train_step_fsdp{distributed.world()}" if args.fsdp else "train_step", args.smoke)
     results = {}
 
     def save():  # after every configuration, so a run cut short keeps what it measured
+        if not distributed.is_main():
+            return
         C.write_json(out, {
             "machine": C.machine_info(device), "bf16_matmul_tflops": rate,
             "flops_per_token": "6N full fine-tuning, 4N adapters (N = projection + lm_head parameters)",
             "batch": {s.name: [s.batch, s.seq] for s in shapes}, "compile_blocks": args.compile,
+            "fsdp_processes": distributed.world() if args.fsdp else 0,
             "results": results,
             "issue_targets": issue_targets(results),
         })
@@ -288,4 +309,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        distributed.shutdown()
