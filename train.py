@@ -25,6 +25,9 @@ The run directory out_dir/name/ holds (every file written atomically):
     tensorboard/           (train.tensorboard: true) the same values as TensorBoard scalars
     summary.json           training time excluding validation, parameters, best validation loss, ...
 
+Under torchrun (distributed.py) the ranks divide every optimizer batch's micro-batches and rank 0 writes the run
+directory; with train.parallel=fsdp the model is also sharded by FSDP2, each rank holding 1/N of it.
+
 --resume reloads the bases and state.pt and continues; the data order is a pure function of
 (train.seed, epoch), so a resumed run reaches exactly the vectors of an uninterrupted one (bitwise on CPU).
 """
