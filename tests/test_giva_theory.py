@@ -3,7 +3,7 @@ init, and the exact first SGD step with its row space."""
 import pytest
 import torch
 
-from giva import AdapterConfig, adapted_layers, apply_adapters, estimate_gradients
+from giva import AdapterConfig, adapted_layers, estimate_gradients
 from giva.giva_linear import giva_bases
 from giva_toy import ToyLM, adapt, lm_loss, toy_batches
 

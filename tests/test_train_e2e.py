@@ -190,7 +190,6 @@ def test_accumulated_micro_batches_give_the_token_normalised_gradient(tmp_path):
         grads[name] = opt.grads
     groups = train.micro_batches(task, task.train, picks, dataclasses.replace(exp.train, micro_batch_size=8,
                                                                               micro_batch_tokens=budget))
-    sizes = [len(g) for g in groups]
     assert sorted(i for g in groups for i in g) == picks and 1 < len(groups) < 8  # really re-grouped
     assert all(len(g) * max(task.length(task.train[i]) for i in g) <= budget for g in groups if len(g) > 1)
     for name in ("8 per batch", "token budget"):  # fp32 sums in another order: relative error ~1e-6

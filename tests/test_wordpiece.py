@@ -5,7 +5,6 @@ import pytest
 
 from data.pair_encoding import truncated_lengths
 from data.wordpiece_tokenizer import WordPieceTokenizer
-from encoder_helpers import minilm_dir  # noqa: F401 (fixture)
 
 tokenizers = pytest.importorskip("tokenizers")
 
