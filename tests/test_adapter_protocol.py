@@ -59,7 +59,7 @@ def test_full_fine_tuning_steps_the_head_once_per_step(tmp_path):
     """adapter.method=full on a GLUE config with modules_to_save: [classifier]: after one optimizer step the
     head equals one hand-written AdamW update from its initial value (two updates, the old bug, land ~2x away)."""
     ckpt = _tiny_bert_glue(tmp_path)
-    lr, wd, eps = 1e-2, 0.01, 1e-8  # AdamW defaults; the first step does not depend on the betas
+    lr, wd, eps = 1e-2, 0.01, 1e-8  # eps: train.eps's default; AdamW's first step does not depend on the betas
     config = {"model": {"path": str(ckpt), "dtype": "float32"},
               "data": {"task": "glue_sst2", "path": str(tmp_path / "glue"), "max_tokens": 16},
               "adapter": {"method": "full", "targets": ["query", "value"], "modules_to_save": ["classifier"]},
